@@ -1,0 +1,458 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
+)
+
+// maxTurns bounds how often one cycle goes back to the leader's wait because
+// leadership moved to its member or a follower asked meanwhile.
+const maxTurns = 3
+
+// cycle is the state of one run of RunOnce.
+type cycle struct {
+	a   *Agent
+	log *slog.Logger
+	rep *Report
+
+	st      memberStatus // this member, latest read
+	members []*pb.Member // latest member list
+
+	announcedRev    int64     // revision of this agent's latest pending announcement
+	announcedLeader bool      // that announcement said the member leads
+	announcedAt     time.Time // when it was written
+	leaderDeadline  time.Time // end of the leader's wait, set when it first waits
+	waited          bool      // the leader's wait ended after the latest announcement
+}
+
+// RunOnce runs one cycle: decide, take a turn, defragment, verify, record.
+// It returns nil when the member was defragmented or there was nothing to do,
+// and a *BlockedError when a defrag was needed and did not happen or failed.
+//
+// ctx bounds the cycle, with one exception: once the Defragment request is
+// sent the agent waits for the member to answer again (up to DefragTimeout)
+// even if ctx ends, and keeps the lock that long, because etcd goes on
+// defragmenting when the request is cancelled.
+func (a *Agent) RunOnce(ctx context.Context) error {
+	a.cycle.Lock()
+	defer a.cycle.Unlock()
+	a.mu.Lock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed {
+		return errors.New("agent: closed")
+	}
+	c := &cycle{a: a, log: a.log, rep: &Report{Start: a.now()}}
+	err := c.run(ctx)
+	if err != nil && ctx.Err() != nil && ReasonOf(err) != ReasonShutdown && c.rep.Decision != DecisionFailed {
+		err = c.skip(ReasonShutdown, ctx.Err())
+	}
+	a.finish(c, err)
+	return err
+}
+
+// skip ends the cycle without a defrag. It returns nil for reasons that mean
+// there was nothing to do, a *BlockedError otherwise.
+func (c *cycle) skip(r Reason, err error) error {
+	c.rep.Decision, c.rep.Reason = DecisionSkipped, r
+	if err != nil {
+		c.rep.Error = err.Error()
+	}
+	if !r.Blocked() {
+		return nil
+	}
+	return &BlockedError{Reason: r, Err: err}
+}
+
+// fail ends the cycle as failed: a defrag, a check or a recovery went wrong.
+func (c *cycle) fail(r Reason, err error) error {
+	c.rep.Decision, c.rep.Reason, c.rep.Error = DecisionFailed, r, err.Error()
+	return &BlockedError{Reason: r, Err: err}
+}
+
+// unavailable ends the cycle because etcd did not answer, or because ctx
+// ended while it waited.
+func (c *cycle) unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return c.skip(ReasonShutdown, err)
+	}
+	if isPermissionDenied(err) {
+		return c.skip(ReasonPermission, fmt.Errorf("%w (the etcd user %q needs the root role)", err, c.a.cfg.User))
+	}
+	return c.skip(ReasonUnavailable, err)
+}
+
+func (c *cycle) run(ctx context.Context) error {
+	a := c.a
+	st, err := a.localStatus(ctx)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	c.observe(st)
+	c.rep.Before = st.sizes()
+	c.log = a.log.With("member_id", fmt.Sprintf("%x", st.ID))
+	c.log.Debug("status", "endpoint", st.Endpoint, "leader", fmt.Sprintf("%x", st.Leader),
+		"db_size_bytes", st.DBSize, "db_size_in_use_bytes", st.DBSizeInUse, "db_quota_bytes", st.Quota,
+		"quota_from_status", st.QuotaReported, "revision", st.Revision, "raft_index", st.RaftIndex,
+		"raft_applied_index", st.RaftAppliedIndex, "is_learner", st.IsLearner, "version", st.Version)
+
+	if st.IsLearner {
+		return c.skip(ReasonLearner, nil) // learners serve no alarm list either
+	}
+	nospace, corrupt, err := a.alarms(ctx)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if len(corrupt) > 0 {
+		return c.skip(ReasonAlarm, fmt.Errorf("CORRUPT alarm raised by member %x: defragmenting would hide the evidence", corrupt[0].MemberID))
+	}
+	if c.members, err = a.memberList(ctx); err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if err := a.refreshCluster(st.ID, c.members); err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if len(nospace) > 0 {
+		return c.recoverNoSpace(ctx, nospace)
+	}
+	if n := len(voters(c.members)); n < 3 && !a.cfg.AllowQuorumLoss {
+		return c.skip(ReasonQuorum, fmt.Errorf("%d voting member(s): the others cannot keep quorum while this one defragments; use --allow-quorum-loss to accept that", n))
+	}
+	last, err := c.lastRecord(ctx)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if r, ok := c.inCooldown(last); ok {
+		return c.skip(r, nil)
+	}
+	if fire, err := c.evaluate(st, last); err != nil {
+		return c.skip(ReasonRuleError, err)
+	} else if !fire {
+		return c.skip(ReasonRuleFalse, nil)
+	}
+	if a.cfg.DryRun {
+		c.rep.DryRun = true
+		c.log.Info("dry run: would defragment", "endpoint", st.Endpoint, "is_leader", st.isLeader())
+		return c.skip(ReasonDryRun, nil)
+	}
+	if err := c.checkRoot(ctx); err != nil {
+		if ctx.Err() != nil || !isPermissionDenied(err) {
+			return c.unavailable(ctx, err)
+		}
+		return c.skip(ReasonPermission, err)
+	}
+	if err := a.ensureSession(ctx, st); err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if err := c.announce(ctx, lock.StatePending); err != nil {
+		return c.unavailable(ctx, err)
+	}
+	return c.takeTurn(ctx)
+}
+
+// observe exports a status read as gauges.
+func (c *cycle) observe(st memberStatus) {
+	c.st = st
+	c.rep.Member = fmt.Sprintf("%x", st.ID)
+	c.rep.Endpoint = st.Endpoint
+	c.rep.Leader = st.isLeader()
+	m := c.a.metrics
+	m.isLeader.Set(boolGauge(st.isLeader()))
+	m.dbSize.Set(float64(st.DBSize))
+	m.dbSizeInUse.Set(float64(st.DBSizeInUse))
+	m.dbQuota.Set(float64(st.Quota))
+}
+
+// lastRecord reads this member's last-defrag record; nil when there is none.
+func (c *cycle) lastRecord(ctx context.Context) (*lastRecord, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.a.cfg.CommandTimeout)
+	defer cancel()
+	rec, found, err := lock.Get[lastRecord](ctx, c.a.local, c.a.keys.Last(c.st.ID))
+	if err != nil || !found {
+		return nil, err
+	}
+	return &rec.Value, nil
+}
+
+// inCooldown tells whether the last defrag attempt ended less than Cooldown
+// ago.
+func (c *cycle) inCooldown(last *lastRecord) (Reason, bool) {
+	if last == nil || c.a.cfg.Cooldown <= 0 {
+		return "", false
+	}
+	if c.a.now().Sub(last.End) < c.a.cfg.Cooldown {
+		return ReasonCooldown, true
+	}
+	return "", false
+}
+
+// evaluate runs the rule on a status read.
+func (c *cycle) evaluate(st memberStatus, last *lastRecord) (bool, error) {
+	since := time.Duration(-1)
+	if last != nil && !last.LastSuccess.IsZero() {
+		since = c.a.now().Sub(last.LastSuccess)
+	}
+	vars := rule.NewVars(st.DBSize, st.DBSizeInUse, st.Quota, st.isLeader(), len(voters(c.members)), since)
+	fire, err := c.a.cfg.Rule.Eval(vars)
+	switch {
+	case err != nil:
+		c.a.metrics.ruleEvaluations.WithLabelValues(ruleError).Inc()
+		return false, fmt.Errorf("evaluate rule %q: %w", c.a.cfg.Rule, err)
+	case fire:
+		c.a.metrics.ruleEvaluations.WithLabelValues(ruleTrue).Inc()
+	default:
+		c.a.metrics.ruleEvaluations.WithLabelValues(ruleFalse).Inc()
+	}
+	c.rep.Rule = &fire
+	return fire, nil
+}
+
+// checkRoot makes sure, when etcd auth is on, that the agent's user has the
+// root role that Defragment, Compact, HashKV and alarm disarm require, before
+// the agent queues for a turn it could not use.
+func (c *cycle) checkRoot(ctx context.Context) error {
+	a := c.a
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	st, err := a.local.AuthStatus(ctx)
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return nil // etcd 3.4 has no AuthStatus; Defragment will tell
+		}
+		return fmt.Errorf("auth status: %w", err)
+	}
+	if !st.Enabled || a.cfg.User == "" {
+		return nil
+	}
+	u, err := a.local.UserGet(ctx, a.cfg.User)
+	if err != nil {
+		return fmt.Errorf("etcd user %q: %w", a.cfg.User, err)
+	}
+	if !slices.Contains(u.Roles, "root") {
+		return fmt.Errorf("%w: etcd user %q lacks the root role, which Defragment, Compact, HashKV and alarm disarm require (its roles: %v)",
+			errPermission, a.cfg.User, u.Roles)
+	}
+	return nil
+}
+
+// errPermission marks a missing-role finding as a permission error.
+var errPermission = errors.New("permission denied")
+
+// announce tells the other agents what this one does now.
+func (c *cycle) announce(ctx context.Context, s lock.State) error {
+	a := c.a
+	a.mu.Lock()
+	sess := a.session
+	a.mu.Unlock()
+	if sess == nil {
+		return lock.ErrSessionExpired
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	rev, err := lock.Announce(ctx, sess, a.keys, c.st.ID, lock.Announcement{
+		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
+		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
+	})
+	if err != nil {
+		return err
+	}
+	if s == lock.StatePending {
+		c.announcedRev, c.announcedLeader, c.announcedAt = rev, c.st.isLeader(), a.now()
+		c.waited = false
+	}
+	return nil
+}
+
+// takeTurn waits for the followers if this member leads, takes the lock and
+// does the work under it; it goes back to the leader's wait when leadership
+// came to this member meanwhile.
+func (c *cycle) takeTurn(ctx context.Context) error {
+	for turn := 1; ; turn++ {
+		if c.st.isLeader() && !c.waited {
+			if err := c.waitFollowers(ctx); err != nil {
+				return err
+			}
+		}
+		again, err := c.withLock(ctx)
+		if !again {
+			return err
+		}
+		if turn >= maxTurns {
+			return c.skip(ReasonLeaderWait, fmt.Errorf("leadership or followers changed %d times while waiting for the turn", turn))
+		}
+	}
+}
+
+// withLock takes the lock, does the work under it and releases it on a fresh
+// bounded context. again is true when the leader's wait must run first.
+func (c *cycle) withLock(ctx context.Context) (again bool, err error) {
+	a := c.a
+	a.mu.Lock()
+	sess := a.session
+	a.mu.Unlock()
+	m := lock.NewMutex(sess, a.keys.Lock())
+
+	start := a.now()
+	a.metrics.waiting.WithLabelValues(waitLock).Set(1)
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.LockTimeout)
+	err = m.Lock(lctx)
+	cancel()
+	a.metrics.waiting.WithLabelValues(waitLock).Set(0)
+	waited := a.now().Sub(start)
+	a.metrics.lockWait.Observe(waited.Seconds())
+	c.rep.LockWaitSeconds += waited.Seconds()
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		return false, c.skip(ReasonShutdown, err)
+	case errors.Is(err, lock.ErrSessionExpired):
+		return false, c.skip(ReasonSessionLost, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		holder, _ := lock.Holder(context.WithoutCancel(ctx), sess.Client(), a.keys.Lock())
+		return false, c.skip(ReasonLockTimeout, fmt.Errorf("lock not free within %v (held by %s)", a.cfg.LockTimeout, holder))
+	default:
+		return false, c.unavailable(ctx, err)
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
+		defer cancel()
+		if uerr := m.Unlock(uctx); uerr != nil {
+			c.log.Warn("unlock failed; the lock is released when the session lease expires", "err", uerr)
+		}
+	}()
+	c.log.Debug("lock taken", "lock_wait_seconds", waited.Seconds())
+	_ = c.announce(ctx, lock.StateLocked)
+	return c.underLock(ctx, m)
+}
+
+// underLock re-checks everything on fresh reads and defragments.
+func (c *cycle) underLock(ctx context.Context, m *lock.Mutex) (again bool, err error) {
+	a := c.a
+	if err := c.settleInflight(ctx, m); err != nil {
+		return false, err
+	}
+	st, err := a.localStatus(ctx)
+	if err != nil {
+		return false, c.unavailable(ctx, err)
+	}
+	c.observe(st)
+	c.rep.Before = st.sizes()
+	if st.IsLearner {
+		return false, c.skip(ReasonLearner, nil)
+	}
+	if c.members, err = a.memberList(ctx); err != nil {
+		return false, c.unavailable(ctx, err)
+	}
+	if st.isLeader() {
+		active, err := c.activeFollowers(ctx)
+		if err != nil {
+			return false, c.unavailable(ctx, err)
+		}
+		if !c.waited || len(active) > 0 {
+			c.log.Info("member leads now or followers asked meanwhile: letting followers go first",
+				"followers_pending", active)
+			if !c.announcedLeader {
+				if err := c.announce(ctx, lock.StatePending); err != nil {
+					return false, c.unavailable(ctx, err)
+				}
+			}
+			c.waited = false
+			return true, nil
+		}
+	}
+	last, err := c.lastRecord(ctx)
+	if err != nil {
+		return false, c.unavailable(ctx, err)
+	}
+	if r, ok := c.inCooldown(last); ok {
+		return false, c.skip(r, nil)
+	}
+	if fire, err := c.evaluate(st, last); err != nil {
+		return false, c.skip(ReasonRuleError, err)
+	} else if !fire {
+		return false, c.skip(ReasonRuleFalse, nil)
+	}
+	if err := c.healthGate(ctx); err != nil {
+		return false, err
+	}
+	if st.isLeader() && a.cfg.MoveLeader {
+		c.moveLeader(ctx)
+	}
+	if a.cfg.Compaction {
+		c.compact(ctx, st.Revision)
+	}
+	return false, c.defragment(ctx, m, last)
+}
+
+// healthGate checks that the cluster can spare this member now: no alarm,
+// every voting member answers a linearizable read (so quorum holds without
+// this one, and none is defragmenting), and this member is caught up.
+func (c *cycle) healthGate(ctx context.Context) error {
+	a := c.a
+	nospace, corrupt, err := a.alarms(ctx)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if len(corrupt) > 0 {
+		return c.skip(ReasonAlarm, fmt.Errorf("CORRUPT alarm raised by member %x", corrupt[0].MemberID))
+	}
+	if len(nospace) > 0 {
+		return c.skip(ReasonAlarm, errors.New("NOSPACE alarm raised meanwhile; the next cycle recovers"))
+	}
+	vs := voters(c.members)
+	if n := len(vs); n < 3 && !a.cfg.AllowQuorumLoss {
+		return c.skip(ReasonQuorum, fmt.Errorf("%d voting member(s) and no --allow-quorum-loss", n))
+	}
+	if findMember(vs, c.st.ID) == nil {
+		return c.skip(ReasonLearner, errors.New("member is not a voting member of the list"))
+	}
+	if err := a.allAnswer(ctx, vs); err != nil {
+		if ctx.Err() != nil {
+			return c.skip(ReasonShutdown, err)
+		}
+		return c.skip(ReasonUnhealthy, err)
+	}
+	if !c.st.isLeader() {
+		lm := findMember(vs, c.st.Leader)
+		if lm == nil {
+			return c.skip(ReasonUnhealthy, fmt.Errorf("leader %x is not a voting member with client URLs", c.st.Leader))
+		}
+		ls, err := a.statusOfAny(ctx, lm.ClientURLs)
+		if err != nil {
+			return c.unavailable(ctx, err)
+		}
+		if ls.RaftIndex > c.st.RaftAppliedIndex+maxRaftLag {
+			return c.skip(ReasonNotCaughtUp, fmt.Errorf("applied index %d is %d behind the leader's %d",
+				c.st.RaftAppliedIndex, ls.RaftIndex-c.st.RaftAppliedIndex, ls.RaftIndex))
+		}
+	}
+	return nil
+}
+
+// compact compacts to the current revision minus the retention. A failure is
+// logged, not fatal: the defrag still reclaims what is already free.
+func (c *cycle) compact(ctx context.Context, rev int64) {
+	a := c.a
+	target := rev - a.cfg.CompactionRetention
+	if target <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.DefragTimeout)
+	defer cancel()
+	if err := a.compactTo(ctx, target); err != nil {
+		c.log.Warn("compaction failed; defragmenting anyway", "revision", target, "err", err)
+		return
+	}
+	c.log.Info("compacted", "revision", target, "retention", a.cfg.CompactionRetention)
+}

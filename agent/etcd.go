@@ -1,0 +1,301 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+)
+
+// maxRaftLag is how many log entries the member may be behind the leader's
+// last index and still count as caught up.
+const maxRaftLag = 1000
+
+// memberStatus is what the cycle uses of a Status response.
+type memberStatus struct {
+	ID, Leader       uint64
+	Endpoint         string
+	DBSize           int64
+	DBSizeInUse      int64
+	Quota            int64 // from Status, else the configured fallback
+	QuotaReported    bool  // Status carried the quota (etcd 3.6+)
+	Revision         int64
+	RaftIndex        uint64
+	RaftAppliedIndex uint64
+	IsLearner        bool
+	Version          string
+}
+
+func (s memberStatus) isLeader() bool { return s.ID != 0 && s.ID == s.Leader }
+
+func (s memberStatus) sizes() *Sizes {
+	return &Sizes{DBSize: s.DBSize, DBSizeInUse: s.DBSizeInUse, DBQuota: s.Quota, Revision: s.Revision}
+}
+
+// status asks the member behind endpoint for its status. ctx bounds it.
+func (a *Agent) status(ctx context.Context, endpoint string) (memberStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	r, err := a.local.Status(ctx, endpoint)
+	if err != nil {
+		return memberStatus{}, fmt.Errorf("status of %s: %w", endpoint, err)
+	}
+	s := memberStatus{
+		ID: r.Header.MemberId, Leader: r.Leader, Endpoint: endpoint,
+		DBSize: r.DbSize, DBSizeInUse: r.DbSizeInUse, Quota: r.DbSizeQuota, QuotaReported: r.DbSizeQuota > 0,
+		Revision: r.Header.Revision, RaftIndex: r.RaftIndex, RaftAppliedIndex: r.RaftAppliedIndex,
+		IsLearner: r.IsLearner, Version: r.Version,
+	}
+	if !s.QuotaReported {
+		s.Quota = a.cfg.QuotaBytes
+	}
+	return s, nil
+}
+
+// statusOfAny returns the status of the first of urls that answers.
+func (a *Agent) statusOfAny(ctx context.Context, urls []string) (memberStatus, error) {
+	var errs []error
+	for _, u := range urls {
+		s, err := a.status(ctx, u)
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return memberStatus{}, errors.New("no client URL")
+	}
+	return memberStatus{}, errors.Join(errs...)
+}
+
+// localStatus reads this agent's member's status through every local endpoint
+// that answers and checks that they are one member.
+func (a *Agent) localStatus(ctx context.Context) (memberStatus, error) {
+	var (
+		first memberStatus
+		found bool
+		errs  []error
+	)
+	for _, ep := range a.local.Endpoints() {
+		s, err := a.status(ctx, ep)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !found {
+			first, found = s, true
+			continue
+		}
+		if s.ID != first.ID {
+			return memberStatus{}, fmt.Errorf("--endpoints must all reach this agent's member: %s is member %x, %s is member %x",
+				first.Endpoint, first.ID, s.Endpoint, s.ID)
+		}
+	}
+	if !found {
+		return memberStatus{}, errors.Join(errs...)
+	}
+	a.mu.Lock()
+	a.memberID = first.ID
+	a.mu.Unlock()
+	return first, nil
+}
+
+// memberList returns the cluster's members as this agent's member sees them.
+func (a *Agent) memberList(ctx context.Context) ([]*pb.Member, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	r, err := a.local.MemberList(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("member list: %w", err)
+	}
+	return r.Members, nil
+}
+
+// voters returns the voting members that have client URLs.
+func voters(members []*pb.Member) []*pb.Member {
+	var out []*pb.Member
+	for _, m := range members {
+		if !m.IsLearner && len(m.ClientURLs) > 0 {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func findMember(members []*pb.Member, id uint64) *pb.Member {
+	for _, m := range members {
+		if m.ID == id {
+			return m
+		}
+	}
+	return nil
+}
+
+// memberName is how logs and errors name a member: its name and ID as
+// etcdctl prints them.
+func memberName(m *pb.Member) string {
+	if m.Name == "" {
+		return fmt.Sprintf("%x", m.ID)
+	}
+	return fmt.Sprintf("%s (%x)", m.Name, m.ID)
+}
+
+// refreshCluster points the cluster client at the client URLs of the other
+// voting members — never through this agent's own member, whose requests
+// stall while it defragments — or at this member alone when it is the only
+// voter. It also drops per-member clients of members that left.
+func (a *Agent) refreshCluster(self uint64, members []*pb.Member) error {
+	var urls []string
+	for _, m := range voters(members) {
+		if m.ID != self {
+			urls = append(urls, m.ClientURLs...)
+		}
+	}
+	if len(urls) == 0 {
+		urls = a.local.Endpoints()
+	}
+	slices.Sort(urls)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, p := range a.peers {
+		if m := findMember(members, id); m == nil || !slices.Equal(p.urls, sortedCopy(m.ClientURLs)) {
+			p.client.Close()
+			delete(a.peers, id)
+		}
+	}
+	if a.cluster == nil {
+		c, err := a.dial(urls, grpc.WithChainUnaryInterceptor(retryBusyInterceptor(a.cfg.CommandTimeout/3)))
+		if err != nil {
+			return fmt.Errorf("dial %s: %w", strings.Join(urls, ","), err)
+		}
+		a.cluster = c
+		return nil
+	}
+	cur := sortedCopy(a.cluster.Endpoints())
+	if !slices.Equal(cur, urls) {
+		a.cluster.SetEndpoints(urls...)
+	}
+	return nil
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+// clusterClient returns the client over the other voting members.
+func (a *Agent) clusterClient() *clientv3.Client {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cluster
+}
+
+// peerClient returns a client that reaches member m only.
+func (a *Agent) peerClient(m *pb.Member) (*clientv3.Client, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p, ok := a.peers[m.ID]; ok {
+		return p.client, nil
+	}
+	urls := sortedCopy(m.ClientURLs)
+	c, err := a.dial(urls)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", memberName(m), err)
+	}
+	a.peers[m.ID] = &peer{urls: urls, client: c}
+	return c, nil
+}
+
+// answers checks that the member behind cli serves a read: linearizable (it
+// reaches the leader and has applied up to the read index) or serializable
+// (its backend is not blocked, as it is during a defrag). A permission error
+// counts as an answer. ctx bounds the read, within CommandTimeout.
+func (a *Agent) answers(ctx context.Context, cli *clientv3.Client, linearizable bool) error {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	opts := []clientv3.OpOption{clientv3.WithCountOnly()}
+	if !linearizable {
+		opts = append(opts, clientv3.WithSerializable())
+	}
+	_, err := cli.Get(ctx, a.keys.Health(), opts...)
+	if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return err
+	}
+	return nil
+}
+
+// allAnswer checks, in parallel, that every given member answers a
+// linearizable read, and names those that do not.
+func (a *Agent) allAnswer(ctx context.Context, members []*pb.Member) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, m := range members {
+		wg.Go(func() {
+			err := func() error {
+				cli, err := a.peerClient(m)
+				if err != nil {
+					return err
+				}
+				return a.answers(ctx, cli, true)
+			}()
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("member %s did not answer a linearizable read: %w", memberName(m), err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// alarms lists the cluster's raised alarms.
+func (a *Agent) alarms(ctx context.Context) (nospace, corrupt []*pb.AlarmMember, err error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	r, err := a.local.AlarmList(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("alarm list: %w", err)
+	}
+	for _, am := range r.Alarms {
+		switch am.Alarm {
+		case pb.AlarmType_NOSPACE:
+			nospace = append(nospace, am)
+		case pb.AlarmType_CORRUPT:
+			corrupt = append(corrupt, am)
+		}
+	}
+	a.metrics.alarm.WithLabelValues("nospace").Set(boolGauge(len(nospace) > 0))
+	a.metrics.alarm.WithLabelValues("corrupt").Set(boolGauge(len(corrupt) > 0))
+	return nospace, corrupt, nil
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// isPermissionDenied tells an etcd auth refusal.
+func isPermissionDenied(err error) bool {
+	return errors.Is(err, errPermission) || errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) ||
+		strings.Contains(fmt.Sprint(err), rpctypes.ErrPermissionDenied.Error())
+}
+
+// isNoSpace tells a write refused under the NOSPACE alarm.
+func isNoSpace(err error) bool {
+	return errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) ||
+		strings.Contains(fmt.Sprint(err), rpctypes.ErrNoSpace.Error())
+}

@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Decision is how a cycle ended.
+type Decision string
+
+// The decisions of a cycle.
+const (
+	DecisionDefragmented Decision = "defragmented" // the member was defragmented and checked
+	DecisionSkipped      Decision = "skipped"      // no defrag; Reason says why
+	DecisionFailed       Decision = "failed"       // a defrag, a check or a NOSPACE recovery failed
+	DecisionRecovered    Decision = "recovered"    // this agent brought the cluster back from NOSPACE
+)
+
+// Sizes are a member's database sizes at one moment.
+type Sizes struct {
+	DBSize      int64 `json:"db_size_bytes"`
+	DBSizeInUse int64 `json:"db_size_in_use_bytes"`
+	DBQuota     int64 `json:"db_quota_bytes"`
+	Revision    int64 `json:"revision"`
+}
+
+// Report is what one cycle did. /status serves the last one as JSON, and the
+// cycle's one log event carries the same fields.
+type Report struct {
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end"`
+	Member   string    `json:"member_id,omitempty"`
+	Endpoint string    `json:"endpoint,omitempty"`
+	Leader   bool      `json:"is_leader"`
+	Decision Decision  `json:"decision"`
+	Reason   Reason    `json:"reason,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	// Rule is the rule's verdict; nil when it was not evaluated.
+	Rule   *bool  `json:"rule,omitempty"`
+	DryRun bool   `json:"dry_run,omitempty"`
+	Before *Sizes `json:"before,omitempty"`
+	After  *Sizes `json:"after,omitempty"`
+	// Reclaimed is dbSize before minus after.
+	Reclaimed int64 `json:"reclaimed_bytes,omitempty"`
+	// Waits and the defrag, in seconds.
+	LeaderWaitSeconds float64 `json:"leader_wait_seconds,omitempty"`
+	LockWaitSeconds   float64 `json:"lock_wait_seconds,omitempty"`
+	DefragSeconds     float64 `json:"defrag_seconds,omitempty"`
+	// Defragmented lists the members defragmented during a NOSPACE recovery.
+	Defragmented []string `json:"defragmented,omitempty"`
+}
+
+// LogValue makes a Report one structured log event.
+func (r Report) LogValue() slog.Value {
+	attrs := []slog.Attr{
+		slog.String("decision", string(r.Decision)),
+		slog.Bool("is_leader", r.Leader),
+		slog.Float64("duration_seconds", r.End.Sub(r.Start).Seconds()),
+	}
+	if r.Reason != "" {
+		attrs = append(attrs, slog.String("reason", string(r.Reason)))
+	}
+	if r.Error != "" {
+		attrs = append(attrs, slog.String("err", r.Error))
+	}
+	if r.Rule != nil {
+		attrs = append(attrs, slog.Bool("rule", *r.Rule))
+	}
+	if r.DryRun {
+		attrs = append(attrs, slog.Bool("dry_run", true))
+	}
+	if r.Before != nil {
+		attrs = append(attrs, slog.Int64("db_size_bytes", r.Before.DBSize),
+			slog.Int64("db_size_in_use_bytes", r.Before.DBSizeInUse),
+			slog.Int64("db_quota_bytes", r.Before.DBQuota))
+	}
+	if r.After != nil {
+		attrs = append(attrs, slog.Int64("db_size_after_bytes", r.After.DBSize),
+			slog.Int64("reclaimed_bytes", r.Reclaimed))
+	}
+	for _, d := range []struct {
+		key string
+		v   float64
+	}{{"leader_wait_seconds", r.LeaderWaitSeconds}, {"lock_wait_seconds", r.LockWaitSeconds}, {"defrag_seconds", r.DefragSeconds}} {
+		if d.v > 0 {
+			attrs = append(attrs, slog.Float64(d.key, d.v))
+		}
+	}
+	if len(r.Defragmented) > 0 {
+		attrs = append(attrs, slog.Any("defragmented", r.Defragmented))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// BlockedError is returned by RunOnce when a defrag was needed, or could not
+// be ruled out, and did not happen, or when a defrag or its checks failed.
+type BlockedError struct {
+	Reason Reason
+	Err    error
+}
+
+func (e *BlockedError) Error() string {
+	if e.Err == nil {
+		return string(e.Reason)
+	}
+	return fmt.Sprintf("%s: %v", e.Reason, e.Err)
+}
+
+func (e *BlockedError) Unwrap() error { return e.Err }
+
+// ReasonOf returns the reason carried by an error from RunOnce, or "".
+func ReasonOf(err error) Reason {
+	var b *BlockedError
+	if errors.As(err, &b) {
+		return b.Reason
+	}
+	return ""
+}
+
+// logLevel picks the level of a cycle's log event.
+func (a *Agent) logLevel(prev, cur Report, err error) slog.Level {
+	switch {
+	case cur.Decision == DecisionFailed:
+		return slog.LevelError
+	case err != nil:
+		return slog.LevelWarn
+	case cur.Decision == DecisionSkipped && prev.Decision == cur.Decision && prev.Reason == cur.Reason:
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}

@@ -1,0 +1,297 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
+)
+
+const defragMethod = "/etcdserverpb.Maintenance/Defragment"
+
+// slowFill writes enough data that a defrag takes a while on every member.
+func slowFill(t testing.TB, c *etcdtest.Cluster) {
+	t.Helper()
+	res := fill(t, c, etcdtest.FillOptions{Keys: 150_000, ValueSize: 200, Garbage: 0.3, OpsPerTxn: 1000})
+	t.Logf("filled %d keys in %v", res.Keys, res.Took)
+}
+
+// holdLock takes the agents' lock the way `etcdctl lock <prefix>lock` does,
+// and returns its release.
+func holdLock(t testing.TB, c *etcdtest.Cluster) func() {
+	t.Helper()
+	s, err := concurrency.NewSession(c.ClientT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu := concurrency.NewMutex(s, testPrefix+"lock")
+	if err := mu.Lock(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return func() { _ = mu.Unlock(context.Background()); _ = s.Close() }
+}
+
+// waitAnnounced waits until an agent of member id announces state.
+func waitAnnounced(t testing.TB, c *etcdtest.Cluster, id uint64, state lock.State) {
+	t.Helper()
+	cli := c.ClientT(t)
+	waitFor(t, 30*time.Second, "announcement "+string(state), func() bool {
+		anns, _, err := lock.Announcements(t.Context(), cli, lock.NewKeys(testPrefix))
+		if err != nil {
+			return false
+		}
+		for _, a := range anns {
+			if a.Member == id && a.State == state {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestLeaderWaitsForPendingFollower: while a follower's agent is pending, the
+// leader's agent waits; at --leader-wait-timeout it gives up with a reason and
+// has not touched its member. Once the follower has gone, the leader goes.
+func TestLeaderWaitsForPendingFollower(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	l, fs := leader(t, c), followers(t, c)
+	release := holdLock(t, c)
+
+	fa := newTestAgent(t, c, fs[0], "true")
+	la := newTestAgent(t, c, l, "true", withConfig(func(c *Config) { c.LeaderWaitTimeout = time.Second }))
+	fdone := make(chan error, 1)
+	go func() { fdone <- fa.RunOnce(t.Context()) }()
+	waitAnnounced(t, c, fs[0].ID, lock.StatePending)
+
+	err := la.RunOnce(t.Context())
+	if got := blockedReason(t, err); got != ReasonLeaderWait {
+		t.Fatalf("leader's RunOnce reason = %q, want %q (err %v)", got, ReasonLeaderWait, err)
+	}
+	if ds := c.Defrags(); len(ds) != 0 {
+		t.Fatalf("defrags while the lock was held: %v", ds)
+	}
+	if got := la.LastReport().Decision; got != DecisionSkipped {
+		t.Errorf("leader decision = %q, want %q", got, DecisionSkipped)
+	}
+
+	release()
+	if err := <-fdone; err != nil {
+		t.Fatalf("follower's RunOnce: %v", err)
+	}
+	// The follower's agent keeps running as a daemon: it answers the
+	// leader's next request at once (cooldown), the other follower has no
+	// agent and is waited for one lock TTL.
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	fa.cfg.Cooldown = time.Hour
+	served := make(chan error, 1)
+	go func() { served <- fa.Serve(ctx, Schedule{Every: time.Hour}) }()
+	la.cfg.LeaderWaitTimeout = time.Minute
+	if err := la.RunOnce(t.Context()); err != nil {
+		t.Fatalf("leader's second RunOnce: %v", err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	ds := c.Defrags()
+	checkOneAtATime(t, ds)
+	checkLeaderLast(t, ds, l.ID)
+}
+
+// TestDefragOutlivesClientTimeout: the Defragment request is cut short on the
+// client side while etcd goes on. The agent keeps the lock until its member
+// answers again, so the next agent starts only after the defrag ended.
+func TestDefragOutlivesClientTimeout(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
+	slowFill(t, c)
+	fs := followers(t, c)
+
+	sent := make(chan struct{}, 1)
+	var cut atomic.Bool
+	cutShort := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method != defragMethod {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		sent <- struct{}{}
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if status.Code(err) == codes.DeadlineExceeded {
+			cut.Store(true)
+		}
+		return err
+	}
+	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(cutShort))
+	b := newTestAgent(t, c, fs[1], "true")
+
+	adone := make(chan error, 1)
+	go func() { adone <- a.RunOnce(t.Context()) }()
+	<-sent
+	if err := b.RunOnce(t.Context()); err != nil {
+		t.Fatalf("second agent: %v", err)
+	}
+	if err := <-adone; err != nil {
+		t.Fatalf("first agent: %v", err)
+	}
+	if !cut.Load() {
+		t.Fatalf("the Defragment request was not cut short: the defrag took less than 20ms, the test proves nothing")
+	}
+	ds := c.Defrags()
+	checkEachOnce(t, ds, fs)
+	checkOneAtATime(t, ds)
+	if len(ds) == 2 && ds[0].MemberID != fs[0].ID {
+		t.Errorf("first defrag was of %x, want %s's", ds[0].MemberID, fs[0].Name)
+	}
+}
+
+// TestAgentVanishesMidDefrag: an agent's clients are closed while its member
+// defragments, and its session is not revoked (the process died). The next
+// agent waits for the lease to expire, finds the in-flight record, waits for
+// that member to answer, removes the record and proceeds.
+func TestAgentVanishesMidDefrag(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
+	slowFill(t, c)
+	fs := followers(t, c)
+	keys := lock.NewKeys(testPrefix)
+
+	sent := make(chan struct{}, 1)
+	signal := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == defragMethod {
+			sent <- struct{}{}
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(signal))
+	b := newTestAgent(t, c, fs[1], "true")
+
+	adone := make(chan error, 1)
+	go func() { adone <- a.RunOnce(t.Context()) }()
+	<-sent
+	a.vanish()
+	<-adone
+
+	cli := c.ClientT(t)
+	resp, err := cli.Get(t.Context(), keys.Defrag(fs[0].ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 {
+		t.Fatalf("in-flight record of the vanished agent's member: %d keys, want 1", len(resp.Kvs))
+	}
+
+	if err := b.RunOnce(t.Context()); err != nil {
+		t.Fatalf("next agent: %v", err)
+	}
+	resp, err = cli.Get(t.Context(), keys.Defrags(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 0 {
+		t.Errorf("in-flight records left: %d, want 0", len(resp.Kvs))
+	}
+	ds := c.Defrags()
+	checkEachOnce(t, ds, fs)
+	checkOneAtATime(t, ds)
+}
+
+// vanish closes the agent's clients without ending its session, as if the
+// process died: the lease stays until its TTL runs out.
+func (a *testAgent) vanish() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.local.Close()
+	if a.cluster != nil {
+		a.cluster.Close()
+	}
+	for _, p := range a.peers {
+		p.client.Close()
+	}
+}
+
+// TestLostLeaseStopsAgent: an agent whose lease ends while it waits for the
+// lock gives up (session_lost) and never defragments.
+func TestLostLeaseStopsAgent(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fs := followers(t, c)
+	release := holdLock(t, c)
+	defer release()
+
+	a := newTestAgent(t, c, fs[0], "true")
+	done := make(chan error, 1)
+	go func() { done <- a.RunOnce(t.Context()) }()
+	waitAnnounced(t, c, fs[0].ID, lock.StatePending)
+
+	a.mu.Lock()
+	lease := a.session.Lease()
+	a.mu.Unlock()
+	if _, err := c.ClientT(t).Revoke(t.Context(), lease); err != nil {
+		t.Fatal(err)
+	}
+	err := <-done
+	if got := blockedReason(t, err); got != ReasonSessionLost {
+		t.Fatalf("reason = %q, want %q (err %v)", got, ReasonSessionLost, err)
+	}
+	if ds := c.Defrags(); len(ds) != 0 {
+		t.Errorf("defrags after the lease was lost: %v", ds)
+	}
+	if !errors.Is(err, lock.ErrSessionExpired) {
+		t.Errorf("err = %v, want it to wrap lock.ErrSessionExpired", err)
+	}
+}
+
+// TestLeaseEndsMidDefrag: the agent's lease ends while its member
+// defragments (a defrag longer than --lock-ttl, or a partition). The next
+// agent gets the lock at once, finds the in-flight record and waits for that
+// member before its own defrag, so the two never overlap.
+func TestLeaseEndsMidDefrag(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
+	slowFill(t, c)
+	fs := followers(t, c)
+
+	sent := make(chan struct{}, 1)
+	signal := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == defragMethod {
+			sent <- struct{}{}
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(signal))
+	b := newTestAgent(t, c, fs[1], "true")
+
+	adone := make(chan error, 1)
+	go func() { adone <- a.RunOnce(t.Context()) }()
+	<-sent
+	a.mu.Lock()
+	lease := a.session.Lease()
+	a.mu.Unlock()
+	// Not through the member that defragments: it applies nothing meanwhile.
+	if _, err := c.ClientT(t, fs[1].ClientURL).Revoke(t.Context(), lease); err != nil {
+		t.Fatal(err)
+	}
+	bStart := time.Now()
+	if err := b.RunOnce(t.Context()); err != nil {
+		t.Fatalf("next agent: %v", err)
+	}
+	if err := <-adone; err != nil {
+		t.Fatalf("agent that lost its lease: %v", err)
+	}
+	ds := c.Defrags()
+	checkEachOnce(t, ds, fs)
+	checkOneAtATime(t, ds)
+	for _, d := range ds {
+		if d.MemberID == fs[0].ID && d.End.Before(bStart) {
+			t.Fatalf("the first defrag (%v) ended before the next agent started (%v): the test did not exercise the wait", d, bStart)
+		}
+	}
+}

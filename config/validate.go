@@ -1,0 +1,251 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
+)
+
+// minLockTTL is the shortest session lease: etcd's own minimum lease TTL is
+// a few seconds, and a shorter one expires on a hiccup.
+const minLockTTL = 5 * time.Second
+
+// Validate checks every value and returns a [*Error] with all the problems,
+// or nil. It reads the files the configuration names (TLS files, the
+// password file, the web configuration) to check that they are readable,
+// and compiles the rule. Its problems have no Source; [Load] adds it.
+func (c Config) Validate() error {
+	var ps problems
+	bad := func(key, format string, args ...any) { ps.add(key, "", format, args...) }
+
+	if len(c.Endpoints) == 0 {
+		bad("endpoints", "no endpoint (want this member's client URL, such as https://127.0.0.1:2379)")
+	}
+	for _, ep := range c.Endpoints {
+		if err := checkEndpoint(ep); err != nil {
+			bad("endpoints", "%v", err)
+		}
+	}
+
+	for _, f := range []struct{ key, path string }{
+		{"cacert", c.CACert}, {"cert", c.Cert}, {"key", c.Key}, {"password-file", c.PasswordFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if err := checkReadable(f.path); err != nil {
+			bad(f.key, "%v", err)
+		}
+	}
+	switch {
+	case c.Cert != "" && c.Key == "":
+		bad("cert", "set without key (cert and key go together)")
+	case c.Key != "" && c.Cert == "":
+		bad("key", "set without cert (cert and key go together)")
+	}
+
+	name, _, userHasPassword := strings.Cut(c.User, ":")
+	switch {
+	case c.User != "" && name == "":
+		bad("user", "empty user name (want name or name:password)")
+	case userHasPassword && c.Password != "":
+		bad("password", "password given twice: user has the form name:password and password is set too")
+	case userHasPassword && c.PasswordFile != "":
+		bad("password-file", "password given twice: user has the form name:password and password-file is set too")
+	case c.Password != "" && c.PasswordFile != "":
+		bad("password-file", "password given twice: both password and password-file are set")
+	case c.User == "" && c.Password != "":
+		bad("password", "set without user")
+	case c.User == "" && c.PasswordFile != "":
+		bad("password-file", "set without user")
+	}
+
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"dial-timeout", c.DialTimeout},
+		{"command-timeout", c.CommandTimeout},
+		{"keepalive-time", c.KeepaliveTime},
+		{"keepalive-timeout", c.KeepaliveTimeout},
+		{"defrag-timeout", c.DefragTimeout},
+		{"lock-timeout", c.LockTimeout},
+		{"leader-wait-timeout", c.LeaderWaitTimeout},
+	} {
+		if d.d <= 0 {
+			bad(d.key, "must be positive, got %v", d.d)
+		}
+	}
+	if c.Cooldown < 0 {
+		bad("cooldown", "must not be negative, got %v (0 disables the cooldown)", c.Cooldown)
+	}
+	switch {
+	case c.LockTTL%time.Second != 0:
+		bad("lock-ttl", "must be a whole number of seconds, got %v (it becomes an etcd lease TTL)", c.LockTTL)
+	case c.LockTTL < minLockTTL:
+		bad("lock-ttl", "must be at least %v, got %v", minLockTTL, c.LockTTL)
+	case c.LockTTL/time.Second > math.MaxInt32:
+		bad("lock-ttl", "too large, got %v", c.LockTTL)
+	}
+
+	if _, err := rule.Compile(c.DefragRule); err != nil {
+		bad("defrag-rule", "%v", err)
+	}
+	if c.EtcdStorageQuotaBytes <= 0 {
+		bad("etcd-storage-quota-bytes", "must be positive, got %d", c.EtcdStorageQuotaBytes)
+	}
+	if c.CompactionRetention < 1 {
+		bad("compaction-retention", "must be at least 1, got %d (the agent never compacts to the newest revision)", c.CompactionRetention)
+	}
+	if !(c.DisalarmThreshold > 0 && c.DisalarmThreshold <= 1) {
+		bad("disalarm-threshold", "must be in (0, 1], got %v", c.DisalarmThreshold)
+	}
+	if _, err := ParseSchedule(c.Schedule); err != nil {
+		bad("schedule", "%v", err)
+	}
+	if c.LockPrefix == "" {
+		bad("lock-prefix", "must not be empty")
+	}
+
+	if c.Web.ListenAddress != "" {
+		if err := checkHostPort(c.Web.ListenAddress, true, 0); err != nil {
+			bad("web.listen-address", "invalid address %q: %v (want host:port or :port; empty disables the HTTP server)", c.Web.ListenAddress, err)
+		}
+	}
+	if c.Web.ConfigFile != "" {
+		if err := checkReadable(c.Web.ConfigFile); err != nil {
+			bad("web.config.file", "%v", err)
+		} else if err := web.Validate(c.Web.ConfigFile); err != nil {
+			bad("web.config.file", "invalid web configuration %s: %v", c.Web.ConfigFile, err)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "unknown level %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "unknown format %q (want text or json)", c.Log.Format)
+	}
+	// Report in the order of the keys, as documented.
+	order := make(map[string]int)
+	for i, key := range Keys() {
+		order[key] = i
+	}
+	slices.SortStableFunc(ps, func(a, b Problem) int { return order[a.Key] - order[b.Key] })
+	return ps.err()
+}
+
+// checkEndpoint accepts what the etcd client accepts as an endpoint and this
+// agent can use: host:port, http(s)://host:port and unix(s)://path.
+func checkEndpoint(ep string) error {
+	if ep == "" {
+		return errors.New("empty endpoint")
+	}
+	if !strings.Contains(ep, "://") {
+		if err := checkHostPort(ep, false, 1); err != nil {
+			return fmt.Errorf("invalid endpoint %q: %v (want host:port, http(s)://host:port or unix://path)", ep, err)
+		}
+		return nil
+	}
+	u, err := url.Parse(ep)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("invalid endpoint %q: %v", ep, err)
+	}
+	if u.User != nil {
+		// Never echo it: the user information may hold a password.
+		return fmt.Errorf("invalid endpoint %q: user information is not allowed in an endpoint (use user and password)", u.Redacted())
+	}
+	switch u.Scheme {
+	case "http", "https":
+		if err := checkHostPort(u.Host, false, 1); err != nil {
+			return fmt.Errorf("invalid endpoint %q: %v", ep, err)
+		}
+		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("invalid endpoint %q: must not have a path, query or fragment", ep)
+		}
+	case "unix", "unixs":
+		if u.Host+u.Path == "" {
+			return fmt.Errorf("invalid endpoint %q: no socket path", ep)
+		}
+	default:
+		return fmt.Errorf("invalid endpoint %q: unsupported scheme %q (want http, https, unix or unixs)", ep, u.Scheme)
+	}
+	return nil
+}
+
+// checkHostPort checks a host:port with a numeric port of at least minPort;
+// emptyHost allows ":port".
+func checkHostPort(s string, emptyHost bool, minPort int) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if host == "" && !emptyHost {
+		return errors.New("missing host")
+	}
+	for _, r := range host {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".-_:%", r)
+		if !ok {
+			return fmt.Errorf("invalid host %q", host)
+		}
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < minPort || n > 65535 {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
+}
+
+// checkReadable checks that path is a regular file (or a symbolic link to
+// one, as in a Kubernetes Secret volume) this process can open. It refuses
+// devices and FIFOs before opening them: opening a FIFO blocks, and reading
+// /dev/zero never ends.
+func checkReadable(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	if st.IsDir() {
+		return fmt.Errorf("cannot read %s: is a directory", path)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("cannot read %s: not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	return f.Close()
+}
+
+// pathErr returns the reason of a *fs.PathError without the repeated path.
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

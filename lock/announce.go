@@ -1,0 +1,158 @@
+package lock
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// State is what an agent is doing, as its peers see it.
+type State string
+
+// The states an agent announces.
+const (
+	// StateIdle: not asking for a turn. Written at start and at the end of
+	// every cycle, whatever it decided.
+	StateIdle State = "idle"
+	// StatePending: its member needs a defrag; it is waiting for its turn.
+	StatePending State = "pending"
+	// StateLocked: it holds the lock and checks the cluster.
+	StateLocked State = "locked"
+	// StateDefragmenting: its member is being defragmented.
+	StateDefragmenting State = "defragmenting"
+	// StateRecovering: it holds the NOSPACE queue and brings the cluster back.
+	StateRecovering State = "recovering"
+)
+
+// Active reports whether an agent in this state has asked for a turn and not
+// finished it.
+func (s State) Active() bool { return s != StateIdle && s != "" }
+
+// Announcement is what one agent tells its peers about itself. It is stored
+// under agents/<member>/<lease> with the agent's session lease, so it vanishes
+// with the agent.
+type Announcement struct {
+	// Member is the ID of the member the agent runs beside (from the key).
+	Member uint64 `json:"-"`
+	// Lease is the agent's session lease (from the key).
+	Lease clientv3.LeaseID `json:"-"`
+	// Revision is the revision at which the announcement was last written.
+	Revision int64 `json:"-"`
+
+	State State `json:"state"`
+	// Leader tells whether the member led the cluster when this was written.
+	Leader bool `json:"leader"`
+	// Reason is the reason of the agent's last decision.
+	Reason string `json:"reason,omitempty"`
+	// Agent names the process for humans (host and PID).
+	Agent   string    `json:"agent,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Time    time.Time `json:"time"`
+}
+
+// Announce writes the announcement of the session's agent for member, bound to
+// the session's lease, and returns the revision of the write. ctx bounds the
+// request.
+func Announce(ctx context.Context, s *Session, keys Keys, member uint64, a Announcement) (int64, error) {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return 0, fmt.Errorf("encode announcement: %w", err)
+	}
+	key := keys.Agent(member, s.Lease())
+	resp, err := s.Client().Put(ctx, key, string(b), clientv3.WithLease(s.Lease()))
+	if err != nil {
+		return 0, fmt.Errorf("announce %s: %w", key, err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Announcements reads every agent's announcement and the revision they were
+// read at. ctx bounds the request.
+func Announcements(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Announcement, int64, error) {
+	resp, err := cli.Get(ctx, keys.Agents(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("get %s: %w", keys.Agents(), err)
+	}
+	out := make([]Announcement, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		a, ok := decodeAnnouncement(keys, kv)
+		if ok {
+			out = append(out, a)
+		}
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// decodeAnnouncement parses one announcement key and value; keys or values
+// that are not announcements are skipped.
+func decodeAnnouncement(keys Keys, kv *mvccpb.KeyValue) (Announcement, bool) {
+	rest, ok := strings.CutPrefix(string(kv.Key), keys.Agents())
+	if !ok {
+		return Announcement{}, false
+	}
+	memberHex, leaseHex, ok := strings.Cut(rest, "/")
+	if !ok {
+		return Announcement{}, false
+	}
+	member, err := strconv.ParseUint(memberHex, 16, 64)
+	if err != nil {
+		return Announcement{}, false
+	}
+	lease, err := strconv.ParseInt(leaseHex, 16, 64)
+	if err != nil {
+		return Announcement{}, false
+	}
+	var a Announcement
+	if err := json.Unmarshal(kv.Value, &a); err != nil {
+		return Announcement{}, false
+	}
+	a.Member, a.Lease, a.Revision = member, clientv3.LeaseID(lease), kv.ModRevision
+	return a, true
+}
+
+// WatchAnnouncements calls fn for every announcement written after revision
+// rev, until ctx ends. It returns the watch error that ended it, or ctx's
+// error. Deletions are not reported.
+func WatchAnnouncements(ctx context.Context, cli *clientv3.Client, keys Keys, rev int64, fn func(Announcement)) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range cli.Watch(wctx, keys.Agents(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", keys.Agents(), err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type != mvccpb.PUT {
+				continue
+			}
+			if a, ok := decodeAnnouncement(keys, ev.Kv); ok {
+				fn(a)
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// WaitChange blocks until a key under prefix is written or deleted after
+// revision rev, or ctx ends (then it returns ctx's error).
+func WaitChange(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if err := wr.Err(); err != nil {
+			return fmt.Errorf("watch %s: %w", prefix, err)
+		}
+		if len(wr.Events) > 0 {
+			return nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("watch %s: ended", prefix)
+}
