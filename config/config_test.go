@@ -126,7 +126,7 @@ func TestLoadEveryKey(t *testing.T) {
 		LockTTL:               15 * time.Second,
 		LockTimeout:           3 * time.Minute,
 		LeaderWaitTimeout:     4 * time.Minute,
-		AllowQuorumLoss:     true,
+		AllowQuorumLoss:       true,
 		VerifyHashKV:          false,
 		Web:                   Web{ListenAddress: "127.0.0.1:9999", ConfigFile: "testdata/web-config.yml"},
 		Log:                   Log{Level: "debug", Format: "json"},
