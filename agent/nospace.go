@@ -41,21 +41,20 @@ func (c *cycle) recoverNoSpace(ctx context.Context, alarms []*pb.AlarmMember) er
 		c.log.Warn("dry run: NOSPACE alarm raised; would compact, defragment the members over the threshold and disarm")
 		return c.skip(ReasonDryRun, nil)
 	}
+	// Another agent may have recovered the cluster since the alarm list was
+	// read; with the turn in hand, read it again.
+	if alarms, _, err = a.alarms(ctx); err != nil {
+		return c.unavailable(ctx, err)
+	}
+	if len(alarms) == 0 {
+		if queue != nil {
+			c.leaveNoSpaceQueue(ctx, queue)
+		}
+		return c.skip(ReasonNoSpaceElsewhere, errors.New("NOSPACE was disarmed meanwhile"))
+	}
 	c.log.Warn("NOSPACE alarm raised; this agent recovers the cluster", "queued", queue != nil)
 	if queue != nil {
-		defer func() {
-			// Leave the queue; the agent joins again at the back once writable.
-			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
-			defer cancel()
-			if err := queue.Unlock(uctx); err != nil {
-				c.log.Warn("leaving the NOSPACE queue failed", "err", err)
-			}
-			a.mu.Lock()
-			if a.nospace == queue {
-				a.nospace = nil
-			}
-			a.mu.Unlock()
-		}()
+		defer c.leaveNoSpaceQueue(ctx, queue)
 	}
 	err = c.noSpaceRecovery(ctx, queue, alarms)
 	if err != nil {
@@ -64,6 +63,22 @@ func (c *cycle) recoverNoSpace(ctx context.Context, alarms []*pb.AlarmMember) er
 	}
 	a.metrics.nospaceRecoveries.WithLabelValues(resultSuccess).Inc()
 	return nil
+}
+
+// leaveNoSpaceQueue takes the agent out of the NOSPACE queue after its turn;
+// it joins again, at the back, once the cluster is writable.
+func (c *cycle) leaveNoSpaceQueue(ctx context.Context, queue *lock.Mutex) {
+	a := c.a
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
+	defer cancel()
+	if err := queue.Unlock(uctx); err != nil {
+		c.log.Warn("leaving the NOSPACE queue failed", "err", err)
+	}
+	a.mu.Lock()
+	if a.nospace == queue {
+		a.nospace = nil
+	}
+	a.mu.Unlock()
 }
 
 // noSpaceTurn decides whether this agent acts under NOSPACE. It returns the
@@ -129,43 +144,87 @@ func (c *cycle) noSpaceRecovery(ctx context.Context, queue *lock.Mutex, alarms [
 	if err := c.waitLockFree(ctx); err != nil {
 		return err
 	}
-	c.compact(ctx, c.st.Revision)
-
-	done := map[uint64]bool{}
-	for {
-		target, above, err := c.noSpaceTarget(ctx, done)
+	// Pass 1 keeps --compaction-retention revisions of history. Under NOSPACE
+	// no new revisions come, so data deleted to make room stays within the
+	// retention; if a member is still above the threshold, pass 2 compacts to
+	// the newest revision (watchers relist) and defragments again.
+	var above []string
+	for pass := 1; pass <= 2; pass++ {
+		st, err := a.localStatus(ctx)
 		if err != nil {
 			return c.unavailable(ctx, err)
 		}
-		if target == nil {
-			if len(above) > 0 {
-				return c.fail(ReasonNoSpaceStuck, fmt.Errorf("after compaction and defrag, members still at or above %.0f%% of their quota: %v; delete data or raise --quota-backend-bytes",
-					a.cfg.DisalarmThreshold*100, above))
+		if pass == 1 {
+			c.compact(ctx, st.Revision)
+		} else {
+			c.log.Warn("NOSPACE: still above the threshold; compacting to the newest revision, so watchers must relist",
+				"revision", st.Revision, "members_above", above)
+			cctx, cancel := context.WithTimeout(ctx, a.cfg.DefragTimeout)
+			err := a.compactTo(cctx, st.Revision)
+			cancel()
+			if err != nil {
+				return c.fail(ReasonUnavailable, err)
 			}
-			break
 		}
-		if err := c.noSpaceDefrag(ctx, queue, target); err != nil {
+		if above, err = c.noSpacePass(ctx, queue); err != nil {
 			return err
 		}
-		done[target.ID] = true
-		c.rep.Defragmented = append(c.rep.Defragmented, memberName(target))
+		if len(above) == 0 {
+			break
+		}
+	}
+	if len(above) > 0 {
+		return c.fail(ReasonNoSpaceStuck, fmt.Errorf("after compaction to the newest revision and defrag, members still at or above %.0f%% of their quota: %v; delete data or raise --quota-backend-bytes",
+			a.cfg.DisalarmThreshold*100, above))
 	}
 
 	if !a.cfg.AutoDisalarm {
 		return c.skip(ReasonNoSpaceStuck, fmt.Errorf("every member is below %.0f%% of its quota, but --auto-disalarm is off: run etcdctl alarm disarm",
 			a.cfg.DisalarmThreshold*100))
 	}
-	for _, am := range alarms {
-		dctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-		_, err := a.local.AlarmDisarm(dctx, &clientv3.AlarmMember{MemberID: am.MemberID, Alarm: am.Alarm})
-		cancel()
-		if err != nil {
-			return c.fail(ReasonUnavailable, fmt.Errorf("disarm NOSPACE of member %x: %w", am.MemberID, err))
+	// Every member raises its own alarm when it applies the write that
+	// crosses its quota, so one may arrive after the list was read. Every
+	// member is below the threshold now: disarm until none is left.
+	for round := 0; len(alarms) > 0; round++ {
+		if round == 5 {
+			return c.fail(ReasonUnavailable, fmt.Errorf("NOSPACE raised again after %d disarms: %v", round, alarms))
+		}
+		for _, am := range alarms {
+			dctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+			_, err := a.local.AlarmDisarm(dctx, &clientv3.AlarmMember{MemberID: am.MemberID, Alarm: am.Alarm})
+			cancel()
+			if err != nil {
+				return c.fail(ReasonUnavailable, fmt.Errorf("disarm NOSPACE of member %x: %w", am.MemberID, err))
+			}
+		}
+		var err error
+		if alarms, _, err = a.alarms(ctx); err != nil {
+			return c.unavailable(ctx, err)
 		}
 	}
 	c.rep.Decision = DecisionRecovered
 	c.log.Warn("NOSPACE alarm disarmed; the cluster is writable", "defragmented", c.rep.Defragmented)
 	return nil
+}
+
+// noSpacePass defragments, one at a time, every voting member at or above the
+// threshold, and returns those still above it afterwards.
+func (c *cycle) noSpacePass(ctx context.Context, queue *lock.Mutex) ([]string, error) {
+	done := map[uint64]bool{}
+	for {
+		target, above, err := c.noSpaceTarget(ctx, done)
+		if err != nil {
+			return nil, c.unavailable(ctx, err)
+		}
+		if target == nil {
+			return above, nil
+		}
+		if err := c.noSpaceDefrag(ctx, queue, target); err != nil {
+			return nil, err
+		}
+		done[target.ID] = true
+		c.rep.Defragmented = append(c.rep.Defragmented, memberName(target))
+	}
 }
 
 // waitLockFree waits until no agent holds or waits for the regular lock, so a

@@ -31,6 +31,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestStartLeaderPutGet(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{})
 	ctx := t.Context()
 	if got := len(c.Members()); got != 3 {
@@ -82,6 +83,7 @@ func TestStartLeaderPutGet(t *testing.T) {
 }
 
 func TestDefragsOnePerCall(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{})
 	ctx := t.Context()
 	cli := c.ClientT(t)
@@ -121,6 +123,7 @@ func TestDefragsOnePerCall(t *testing.T) {
 }
 
 func TestConcurrentDefragsOverlap(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{UnsafeNoFsync: true})
 	ctx := t.Context()
 	cli := c.ClientT(t)
@@ -153,6 +156,7 @@ func TestConcurrentDefragsOverlap(t *testing.T) {
 }
 
 func TestOverlaps(t *testing.T) {
+	t.Parallel()
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	d := func(m string, start, end int) etcdtest.Defrag {
@@ -194,6 +198,7 @@ func TestOverlaps(t *testing.T) {
 }
 
 func TestStopRestart(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{})
 	ctx := t.Context()
 	m := c.Members()[1]
@@ -238,7 +243,29 @@ func TestStopRestart(t *testing.T) {
 	}
 }
 
+func TestStopLeader(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.New(t, etcdtest.Options{})
+	ctx := t.Context()
+	old, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Stop()
+	lead, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lead == old || !lead.Running() {
+		t.Errorf("Leader() after stopping leader %s = %s, want another running member", old.Name, lead.Name)
+	}
+	if _, err := c.ClientT(t).Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("Put with 2 of 3 members: %v", err)
+	}
+}
+
 func TestAddLearner(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{})
 	ctx := t.Context()
 	l, err := c.AddLearner(ctx)
@@ -290,6 +317,7 @@ func rpcCode(err error) string {
 }
 
 func TestTLS(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{TLS: true})
 	ctx := t.Context()
 	ca, cert, key := c.TLSFiles()
@@ -332,6 +360,7 @@ func TestTLS(t *testing.T) {
 }
 
 func TestAuth(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{Auth: true})
 	ctx := t.Context()
 	root := c.ClientT(t)
@@ -370,6 +399,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestAuthTLS(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{Auth: true, TLS: true})
 	ctx := t.Context()
 	root := c.ClientT(t)
@@ -393,6 +423,7 @@ func TestAuthTLS(t *testing.T) {
 }
 
 func TestFillFragments(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{UnsafeNoFsync: true})
 	ctx := t.Context()
 	cli := c.ClientT(t)
@@ -433,6 +464,7 @@ func TestFillFragments(t *testing.T) {
 }
 
 func TestFillOverwriteAndQuota(t *testing.T) {
+	t.Parallel()
 	c := etcdtest.New(t, etcdtest.Options{Members: 1, QuotaBackendBytes: 8 << 20, UnsafeNoFsync: true})
 	ctx := t.Context()
 	cli := c.ClientT(t)
@@ -450,6 +482,7 @@ func TestFillOverwriteAndQuota(t *testing.T) {
 }
 
 func TestCloseIdempotent(t *testing.T) {
+	t.Parallel()
 	c, err := etcdtest.Start(t.Context(), etcdtest.Options{Members: 1, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -467,6 +500,7 @@ func TestCloseIdempotent(t *testing.T) {
 }
 
 func TestLoggerTee(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zapcore.InfoLevel)
 	c := etcdtest.New(t, etcdtest.Options{Members: 1, Logger: zap.New(core)})
 	if _, err := c.ClientT(t).Defragment(t.Context(), c.Endpoints()[0]); err != nil {
