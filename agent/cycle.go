@@ -227,8 +227,13 @@ func (c *cycle) checkRoot(ctx context.Context) error {
 	defer cancel()
 	st, err := a.local.AuthStatus(ctx)
 	if err != nil {
-		if status.Code(err) == codes.Unimplemented {
+		switch {
+		case status.Code(err) == codes.Unimplemented:
 			return nil // etcd 3.4 has no AuthStatus; Defragment will tell
+		case isPermissionDenied(err):
+			// etcd 3.6 answers AuthStatus to the root role only.
+			return fmt.Errorf("%w: etcd user %q lacks the root role, which Defragment, Compact, HashKV and alarm disarm require (AuthStatus was refused: %v)",
+				errPermission, a.cfg.User, err)
 		}
 		return fmt.Errorf("auth status: %w", err)
 	}

@@ -451,7 +451,7 @@ func (c *Cluster) enableAuth(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("enable auth: %w", err)
 	}
-	defer cli.Close()
+	defer func() { _ = cli.Close() }()
 	steps := []struct {
 		what string
 		do   func() error
@@ -489,7 +489,7 @@ func (c *Cluster) AddLearner(ctx context.Context) (*Member, error) {
 	if err != nil {
 		return nil, fmt.Errorf("add learner: %w", err)
 	}
-	defer cli.Close()
+	defer func() { _ = cli.Close() }()
 	m, err := c.newMember()
 	if err != nil {
 		return nil, fmt.Errorf("add learner: %w", err)

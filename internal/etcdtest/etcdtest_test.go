@@ -349,7 +349,7 @@ func TestTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nocert.Close()
+	defer func() { _ = nocert.Close() }()
 	tctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	_, err = nocert.Get(tctx, "k")
@@ -372,7 +372,7 @@ func TestAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer alice.Close()
+	defer func() { _ = alice.Close() }()
 	if _, err := alice.Put(ctx, "/some/key", "v"); err != nil {
 		t.Fatalf("alice Put: %v", err)
 	}
@@ -392,7 +392,7 @@ func TestAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer anon.Close()
+	defer func() { _ = anon.Close() }()
 	if _, err := anon.Get(ctx, "/some/key"); !errors.Is(err, rpctypes.ErrUserEmpty) {
 		t.Errorf("anonymous Get error = %v, want %v", err, rpctypes.ErrUserEmpty)
 	}
@@ -413,7 +413,7 @@ func TestAuthTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer alice.Close()
+	defer func() { _ = alice.Close() }()
 	if _, err := alice.Put(ctx, "/k", "v"); err != nil {
 		t.Fatalf("alice (cert) Put: %v", err)
 	}

@@ -24,7 +24,7 @@ func ExampleStart() {
 		fmt.Println(err)
 		return
 	}
-	defer cli.Close()
+	defer func() { _ = cli.Close() }()
 
 	res, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 1000, ValueSize: 1024, Garbage: 0.5})
 	if err != nil {

@@ -62,7 +62,8 @@ type Member struct {
 	initialCluster string
 	clusterState   string
 
-	mu      sync.Mutex // guards Etcd (for concurrent readers inside this package) and learner
+	life    sync.Mutex // serialises start and Stop
+	mu      sync.Mutex // guards Etcd (for readers inside this package) and learner; held briefly
 	learner bool       // last known learner status
 }
 
@@ -164,13 +165,13 @@ func (m *Member) start() error {
 	if err != nil {
 		return err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.Etcd != nil {
+	m.life.Lock()
+	defer m.life.Unlock()
+	if m.Running() {
 		return fmt.Errorf("member %s is running", m.Name)
 	}
-	// Checked under m.mu: Close marks the cluster closed before it stops
-	// the members (taking m.mu), so a member is never left running.
+	// Checked under m.life: Close marks the cluster closed before it stops
+	// the members (taking m.life), so no member is left running.
 	if m.c.isClosed() {
 		return fmt.Errorf("start member %s: cluster is closed", m.Name)
 	}
@@ -178,6 +179,8 @@ func (m *Member) start() error {
 	if err != nil {
 		return fmt.Errorf("start member %s: %w", m.Name, err)
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.Etcd = e
 	if m.ID == 0 { // set once: readers use m.ID without a lock
 		m.ID = uint64(e.Server.MemberID())
@@ -200,7 +203,10 @@ func (m *Member) waitReady(ctx context.Context) error {
 	case <-e.Server.ReadyNotify():
 		m.IsLearner() // refresh the cached status
 		return nil
-	case err := <-e.Err():
+	case err, ok := <-e.Err():
+		if !ok { // closed by Stop
+			return fmt.Errorf("member %s stopped before it was ready", m.Name)
+		}
 		return fmt.Errorf("member %s: %w", m.Name, err)
 	case <-e.Server.StopNotify():
 		return fmt.Errorf("member %s stopped before it was ready", m.Name)
@@ -218,15 +224,20 @@ func (m *Member) waitReady(ctx context.Context) error {
 // running defragmentation has finished. Kill a separate etcd process for
 // that.
 func (m *Member) Stop() {
+	m.life.Lock()
+	defer m.life.Unlock()
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.Etcd == nil {
+	e := m.Etcd
+	m.Etcd = nil // stopping: no longer among the running members
+	if e != nil {
+		m.learner = e.Server.IsLearner()
+	}
+	m.mu.Unlock()
+	if e == nil {
 		return
 	}
-	m.learner = m.Etcd.Server.IsLearner()
-	m.Etcd.Server.HardStop()
-	m.Etcd.Close()
-	m.Etcd = nil
+	e.Server.HardStop()
+	e.Close()
 }
 
 // Restart starts a stopped member again with the same data directory and
