@@ -35,6 +35,13 @@ func etcdClientConfig(cfg config.Config) (clientv3.Config, string, error) {
 		Password:             password,
 	}
 	if cfg.CACert != "" || cfg.Cert != "" || cfg.Key != "" {
+		if cfg.CACert != "" {
+			// etcd's loader skips what is not PEM and returns an empty pool,
+			// which would only fail later, at every handshake.
+			if err := checkCABundle(cfg.CACert); err != nil {
+				return c, "", fmt.Errorf("--cacert %s: %w", cfg.CACert, err)
+			}
+		}
 		info := transport.TLSInfo{CertFile: cfg.Cert, KeyFile: cfg.Key, TrustedCAFile: cfg.CACert, InsecureSkipVerify: cfg.InsecureSkipTLSVerify}
 		tc, err := info.ClientConfig()
 		if err != nil {
@@ -72,6 +79,19 @@ func hasHTTPS(eps []string) bool {
 		}
 	}
 	return false
+}
+
+// checkCABundle makes sure path holds at least one PEM certificate.
+func checkCABundle(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return errors.New("no PEM certificate in the CA bundle")
+	}
+	return nil
 }
 
 // certCommonName reads the first certificate's subject common name.
