@@ -110,6 +110,8 @@ type Agent struct {
 	last     Report
 	closed   bool
 	health   func() error // set by Serve: is the scheduler alive
+
+	warnedVersion string // the etcd version last checked for known bugs
 }
 
 // peer is a client that reaches one member only.

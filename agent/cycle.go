@@ -101,6 +101,7 @@ func (c *cycle) run(ctx context.Context) error {
 	}
 	c.observe(st)
 	c.rep.Before = st.sizes()
+	c.rep.EtcdVersion, c.rep.Warnings = st.Version, a.checkVersion(st.Version)
 	c.log = a.log.With("member_id", fmt.Sprintf("%x", st.ID))
 	c.log.Debug("status", "endpoint", st.Endpoint, "leader", fmt.Sprintf("%x", st.Leader),
 		"db_size_bytes", st.DBSize, "db_size_in_use_bytes", st.DBSizeInUse, "db_quota_bytes", st.Quota,
@@ -124,7 +125,7 @@ func (c *cycle) run(ctx context.Context) error {
 		return c.unavailable(ctx, err)
 	}
 	if len(nospace) > 0 {
-		return c.recoverNoSpace(ctx, nospace)
+		return c.recoverNoSpace(ctx)
 	}
 	if n := len(voters(c.members)); n < 3 && !a.cfg.AllowQuorumLoss {
 		return c.skip(ReasonQuorum, fmt.Errorf("%d voting member(s): the others cannot keep quorum while this one defragments; use --allow-quorum-loss to accept that", n))
@@ -232,7 +233,7 @@ func (c *cycle) checkRoot(ctx context.Context) error {
 			return nil // etcd 3.4 has no AuthStatus; Defragment will tell
 		case isPermissionDenied(err):
 			// etcd 3.6 answers AuthStatus to the root role only.
-			return fmt.Errorf("%w: etcd user %q lacks the root role, which Defragment, Compact, HashKV and alarm disarm require (AuthStatus was refused: %v)",
+			return fmt.Errorf("%w: etcd user %q lacks the root role, which Defragment, Compact, HashKV and alarm disarm require (AuthStatus was refused: %w)",
 				errPermission, a.cfg.User, err)
 		}
 		return fmt.Errorf("auth status: %w", err)

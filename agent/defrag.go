@@ -226,8 +226,11 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord)
 		// The member did not come back in time. Leave the in-flight record:
 		// the next lock holder waits for this member before anything else.
 		a.metrics.defrags.WithLabelValues(resultError).Inc()
-		return c.fail(ReasonMemberBusy, fmt.Errorf("member did not answer within --defrag-timeout %v after the defrag request (request: %v): %w",
-			a.cfg.DefragTimeout, derr, werr))
+		if derr != nil {
+			werr = fmt.Errorf("%w (the Defragment request: %w)", werr, derr)
+		}
+		return c.fail(ReasonMemberBusy, fmt.Errorf("member did not answer within --defrag-timeout %v after the Defragment request: %w",
+			a.cfg.DefragTimeout, werr))
 	case derr != nil && isPermissionDenied(derr):
 		result = c.fail(ReasonPermission, fmt.Errorf("defragment %s: %w (the etcd user %q needs the root role)", c.st.Endpoint, derr, a.cfg.User))
 	case derr != nil && !isTimeout(derr):

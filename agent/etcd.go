@@ -166,7 +166,7 @@ func (a *Agent) refreshCluster(self uint64, members []*pb.Member) error {
 	defer a.mu.Unlock()
 	for id, p := range a.peers {
 		if m := findMember(members, id); m == nil || !slices.Equal(p.urls, sortedCopy(m.ClientURLs)) {
-			p.client.Close()
+			_ = p.client.Close()
 			delete(a.peers, id)
 		}
 	}

@@ -174,7 +174,7 @@ func TestCooldownAcrossRestarts(t *testing.T) {
 		t.Fatalf("two agents on one member: defrags %v, want 1", ds)
 	}
 	reasons := []Reason{a.LastReport().Reason, b.LastReport().Reason}
-	if !(reasons[0] == ReasonCooldown) != (reasons[1] == ReasonCooldown) {
+	if (reasons[0] == ReasonCooldown) == (reasons[1] == ReasonCooldown) {
 		t.Errorf("reasons = %v, want exactly one cooldown", reasons)
 	}
 

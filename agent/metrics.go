@@ -55,6 +55,7 @@ type metrics struct {
 	dbQuota           prometheus.Gauge
 	alarm             *prometheus.GaugeVec
 	nospaceRecoveries *prometheus.CounterVec
+	knownBug          *prometheus.GaugeVec
 }
 
 // newMetrics creates the metrics, registers them with reg and creates every
@@ -136,6 +137,10 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 			Namespace: namespace, Name: "nospace_recoveries_total",
 			Help: "NOSPACE recoveries this agent led, by result (success, error).",
 		}, []string{"result"}),
+		knownBug: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "known_defrag_bug",
+			Help: "1 if the member's etcd version has the known defrag bug (crash_mid_defrag, snapshot_apply_race); see the README.",
+		}, []string{"bug"}),
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -161,10 +166,13 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	for _, a := range []string{"nospace", "corrupt"} {
 		m.alarm.WithLabelValues(a)
 	}
+	for _, b := range defragBugs {
+		m.knownBug.WithLabelValues(b.Name)
+	}
 	reg.MustRegister(
 		buildInfo, m.ruleEvaluations, m.defrags, m.skips, m.cycles, m.defragDuration,
 		m.lockWait, m.leaderWait, m.waiting, m.reclaimed, m.lastSuccess, m.lastCycle, m.inProgress,
-		m.isLeader, m.dbSize, m.dbSizeInUse, m.dbQuota, m.alarm, m.nospaceRecoveries,
+		m.isLeader, m.dbSize, m.dbSizeInUse, m.dbQuota, m.alarm, m.nospaceRecoveries, m.knownBug,
 	)
 	return m
 }

@@ -36,6 +36,7 @@ func TestMetricsAllLabelsFromStart(t *testing.T) {
 		"etcd_defrag_agent_waiting":                  4,
 		"etcd_defrag_agent_alarm_active":             2,
 		"etcd_defrag_agent_nospace_recoveries_total": 2,
+		"etcd_defrag_agent_known_defrag_bug":         2,
 	} {
 		got, err := testutil.GatherAndCount(reg, name)
 		if err != nil {

@@ -26,7 +26,7 @@ import (
 //
 // If no agent is queued (all of them started after the alarm was raised),
 // the agent of the current leader acts, re-checking before each defrag.
-func (c *cycle) recoverNoSpace(ctx context.Context, alarms []*pb.AlarmMember) error {
+func (c *cycle) recoverNoSpace(ctx context.Context) error {
 	a := c.a
 	queue, why, err := c.noSpaceTurn(ctx)
 	if err != nil {
@@ -43,7 +43,8 @@ func (c *cycle) recoverNoSpace(ctx context.Context, alarms []*pb.AlarmMember) er
 	}
 	// Another agent may have recovered the cluster since the alarm list was
 	// read; with the turn in hand, read it again.
-	if alarms, _, err = a.alarms(ctx); err != nil {
+	alarms, _, err := a.alarms(ctx)
+	if err != nil {
 		return c.unavailable(ctx, err)
 	}
 	if len(alarms) == 0 {
@@ -246,7 +247,8 @@ func (c *cycle) waitLockFree(ctx context.Context) error {
 			return nil
 		}
 		wctx, wcancel := context.WithTimeout(ctx, leaderPoll)
-		err = lock.WaitChange(wctx, a.clusterClient(), a.keys.Lock(), resp.Header.Revision)
+		// A failed watch only means polling again.
+		_ = lock.WaitChange(wctx, a.clusterClient(), a.keys.Lock(), resp.Header.Revision)
 		wcancel()
 		if ctx.Err() != nil {
 			return c.waitErr(ctx, ctx.Err())

@@ -50,6 +50,10 @@ type Report struct {
 	DefragSeconds     float64 `json:"defrag_seconds,omitempty"`
 	// Defragmented lists the members defragmented during a NOSPACE recovery.
 	Defragmented []string `json:"defragmented,omitempty"`
+	// EtcdVersion is the member's etcd version; Warnings name its known
+	// defrag bugs.
+	EtcdVersion string   `json:"etcd_version,omitempty"`
+	Warnings    []string `json:"warnings,omitempty"`
 }
 
 // LogValue makes a Report one structured log event.

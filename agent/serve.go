@@ -191,5 +191,5 @@ type quietLogger struct{ l *slog.Logger }
 
 func (q quietLogger) Debug(string, ...any)          {}
 func (q quietLogger) Info(string, ...any)           {}
-func (q quietLogger) Warn(msg string, args ...any)  { q.l.Warn(msg, args...) }
-func (q quietLogger) Error(msg string, args ...any) { q.l.Error(msg, args...) }
+func (q quietLogger) Warn(msg string, args ...any)  { q.l.Warn(msg, args...) }  //nolint:sloglint // gocron's message
+func (q quietLogger) Error(msg string, args ...any) { q.l.Error(msg, args...) } //nolint:sloglint // gocron's message

@@ -368,7 +368,7 @@ func (l *loader) loadFlags(flags *pflag.FlagSet) {
 func readPasswordFile(path string) (Secret, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+		return "", fmt.Errorf("cannot read %s: %w", path, pathErr(err))
 	}
 	pw := strings.TrimRight(string(b), "\r\n")
 	if pw == "" {

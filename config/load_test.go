@@ -101,7 +101,7 @@ func TestLoadInvalid(t *testing.T) {
 			`config file testdata/invalid-unknown-key.yml: key "lock_ttl": unknown key (did you mean "lock-ttl"?)`,
 		}},
 		{name: "unknown nested key", file: "testdata/invalid-unknown-nested-key.yml", want: []string{
-			`config file testdata/invalid-unknown-nested-key.yml: key "web.listen-adress": unknown key (did you mean "web.listen-address"?)`,
+			`config file testdata/invalid-unknown-nested-key.yml: key "web.listen-adress": unknown key (did you mean "web.listen-address"?)`, //nolint:misspell // the typo under test
 		}},
 		{name: "command-line-only key", file: "testdata/invalid-config-key.yml", want: []string{
 			`config file testdata/invalid-config-key.yml: key "config": unknown key`,

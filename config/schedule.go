@@ -40,7 +40,7 @@ func ParseSchedule(s string) (Schedule, error) {
 	}
 	sched, err := cron.ParseStandard(s)
 	if err != nil {
-		return Schedule{}, fmt.Errorf("schedule %q: %v (want 5 cron fields, a descriptor such as @hourly, or @every <duration>)", s, err)
+		return Schedule{}, fmt.Errorf("schedule %q: %w (want 5 cron fields, a descriptor such as @hourly, or @every <duration>)", s, err)
 	}
 	if sched.Next(time.Now()).IsZero() {
 		return Schedule{}, fmt.Errorf("schedule %q never fires", s)

@@ -158,7 +158,7 @@ func checkEndpoint(ep string) error {
 	}
 	if !strings.Contains(ep, "://") {
 		if err := checkHostPort(ep, false, 1); err != nil {
-			return fmt.Errorf("invalid endpoint %q: %v (want host:port, http(s)://host:port or unix://path)", ep, err)
+			return fmt.Errorf("invalid endpoint %q: %w (want host:port, http(s)://host:port or unix://path)", ep, err)
 		}
 		return nil
 	}
@@ -168,7 +168,7 @@ func checkEndpoint(ep string) error {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return fmt.Errorf("invalid endpoint %q: %v", ep, err)
+		return fmt.Errorf("invalid endpoint %q: %w", ep, err)
 	}
 	if u.User != nil {
 		// Never echo it: the user information may hold a password.
@@ -177,7 +177,7 @@ func checkEndpoint(ep string) error {
 	switch u.Scheme {
 	case "http", "https":
 		if err := checkHostPort(u.Host, false, 1); err != nil {
-			return fmt.Errorf("invalid endpoint %q: %v", ep, err)
+			return fmt.Errorf("invalid endpoint %q: %w", ep, err)
 		}
 		if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 			return fmt.Errorf("invalid endpoint %q: must not have a path, query or fragment", ep)
@@ -226,7 +226,7 @@ func checkHostPort(s string, emptyHost bool, minPort int) error {
 func checkReadable(path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+		return fmt.Errorf("cannot read %s: %w", path, pathErr(err))
 	}
 	if st.IsDir() {
 		return fmt.Errorf("cannot read %s: is a directory", path)
@@ -236,7 +236,7 @@ func checkReadable(path string) error {
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+		return fmt.Errorf("cannot read %s: %w", path, pathErr(err))
 	}
 	return f.Close()
 }

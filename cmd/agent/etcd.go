@@ -156,7 +156,7 @@ func (s slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
 	for k, v := range enc.Fields {
 		args = append(args, k, v)
 	}
-	s.logger.Debug(e.Message, args...)
+	s.logger.Debug(e.Message, args...) //nolint:sloglint // the etcd client's message
 	return nil
 }
 

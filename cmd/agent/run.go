@@ -105,7 +105,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		Registerer: reg,
 	})
 	if err != nil {
-		local.Close()
+		_ = local.Close()
 		return err
 	}
 	defer func() {
@@ -148,7 +148,9 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	select {
 	case err := <-srvErr:
 		cancel()
-		<-served
+		if serr := <-served; serr != nil {
+			logger.Warn("stopping the scheduler", "err", serr)
+		}
 		return err
 	case err := <-served:
 		return err

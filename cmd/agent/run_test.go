@@ -23,10 +23,10 @@ const prefix = "/agent-e2e/"
 
 // runArgs runs the program as main would, and returns its exit code and
 // output.
-func runArgs(t *testing.T, ctx context.Context, env []string, args ...string) (code int, stdout, stderr string) {
+func runArgs(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	err := run(ctx, args, env, &out, &errOut)
+	err := run(t.Context(), args, env, &out, &errOut)
 	code = exitCode(err, &errOut)
 	return code, out.String(), errOut.String()
 }
@@ -42,11 +42,11 @@ func writeFile(t *testing.T, dir, name, content string) string {
 }
 
 func TestVersionAndHelp(t *testing.T) {
-	code, out, _ := runArgs(t, t.Context(), nil, "--version")
+	code, out, _ := runArgs(t, nil, "--version")
 	if code != 0 || !strings.HasPrefix(out, "etcd-defrag-agent ") {
 		t.Errorf("--version: code %d, output %q", code, out)
 	}
-	code, out, _ = runArgs(t, t.Context(), nil, "--help")
+	code, out, _ = runArgs(t, nil, "--help")
 	if code != 0 || !strings.Contains(out, "--defrag-rule") || !strings.Contains(out, "--web.listen-address") {
 		t.Errorf("--help: code %d, output %q", code, out)
 	}
@@ -104,7 +104,7 @@ func TestBadInvocations(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string{}, base...), tc.args...)
-			code, _, stderr := runArgs(t, t.Context(), tc.env, args...)
+			code, _, stderr := runArgs(t, tc.env, args...)
 			if code != 2 {
 				t.Errorf("exit code %d, want 2; stderr:\n%s", code, stderr)
 			}
@@ -127,11 +127,11 @@ func TestBadInvocations(t *testing.T) {
 
 // TestCheckConfig validates and exits without contacting etcd.
 func TestCheckConfig(t *testing.T) {
-	code, out, stderr := runArgs(t, t.Context(), nil, "--check-config", "--endpoints", "127.0.0.1:1", "--defrag-rule", "dbQuotaUsage > 0.5")
+	code, out, stderr := runArgs(t, nil, "--check-config", "--endpoints", "127.0.0.1:1", "--defrag-rule", "dbQuotaUsage > 0.5")
 	if code != 0 || !strings.Contains(out, "valid") {
 		t.Errorf("code %d, stdout %q, stderr %q", code, out, stderr)
 	}
-	code, _, stderr = runArgs(t, t.Context(), nil, "--check-config", "--defrag-rule", "nope")
+	code, _, stderr = runArgs(t, nil, "--check-config", "--defrag-rule", "nope")
 	if code != 2 || !strings.Contains(stderr, "--defrag-rule") {
 		t.Errorf("code %d, stderr %q", code, stderr)
 	}
@@ -143,7 +143,7 @@ func TestOnceTLS(t *testing.T) {
 	c := etcdtest.New(t, etcdtest.Options{TLS: true, UnsafeNoFsync: true})
 	cacert, cert, key := c.TLSFiles()
 	m := c.Members()[1]
-	code, _, stderr := runArgs(t, t.Context(), nil, "--once", "--endpoints", m.ClientURL,
+	code, _, stderr := runArgs(t, nil, "--once", "--endpoints", m.ClientURL,
 		"--cacert", cacert, "--cert", cert, "--key", key, "--defrag-rule", "true",
 		"--lock-prefix", prefix, "--web.listen-address", "", "--leader-wait-timeout", "10s", "--lock-ttl", "5s")
 	if code != 0 {
@@ -163,14 +163,14 @@ func TestOnceAuth(t *testing.T) {
 	args := []string{"--once", "--endpoints", m.ClientURL, "--defrag-rule", "true", "--lock-prefix", prefix,
 		"--web.listen-address", "", "--leader-wait-timeout", "10s", "--lock-ttl", "5s"}
 
-	code, _, stderr := runArgs(t, t.Context(), nil, append(args, "--user", etcdtest.AliceUser, "--password-file", pw)...)
+	code, _, stderr := runArgs(t, nil, append(args, "--user", etcdtest.AliceUser, "--password-file", pw)...)
 	if code != 1 || !strings.Contains(stderr, "root role") || !strings.Contains(stderr, `"alice"`) {
 		t.Errorf("alice: exit code %d, want 1 naming the root role; stderr:\n%s", code, stderr)
 	}
 	if strings.Contains(stderr, etcdtest.AlicePassword) {
 		t.Errorf("the password appears in the output")
 	}
-	code, _, stderr = runArgs(t, t.Context(), []string{"ETCD_DEFRAG_PASSWORD=" + etcdtest.RootPassword}, append(args, "--user", etcdtest.RootUser)...)
+	code, _, stderr = runArgs(t, []string{"ETCD_DEFRAG_PASSWORD=" + etcdtest.RootPassword}, append(args, "--user", etcdtest.RootUser)...)
 	if code != 0 {
 		t.Errorf("root: exit code %d; stderr:\n%s", code, stderr)
 	}
