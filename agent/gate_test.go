@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -118,6 +119,26 @@ func TestDryRun(t *testing.T) {
 		rep := agents[i].LastReport()
 		if rep.Reason != ReasonDryRun || !rep.DryRun || rep.Rule == nil || !*rep.Rule {
 			t.Errorf("agent %d report = %+v, want a dry run whose rule fired", i, rep)
+		}
+	}
+	// The same as daemons.
+	ctx, cancel := context.WithCancel(t.Context())
+	served := make(chan error, len(agents))
+	for _, a := range agents {
+		go func() { served <- a.Serve(ctx, Schedule{Every: time.Hour}) }()
+	}
+	waitFor(t, 30*time.Second, "a scheduled dry-run cycle per agent", func() bool {
+		for _, a := range agents {
+			if testutil.ToFloat64(a.metrics.cycles) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	cancel()
+	for range agents {
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
 		}
 	}
 	if ds := c.Defrags(); len(ds) != 0 {

@@ -115,7 +115,7 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 		a.mu.Lock()
 		sess, self := a.session, a.memberID
 		a.mu.Unlock()
-		if sess == nil { // a learner: nothing to announce, nothing to react to
+		if sess == nil { // a learner or a dry run: nothing to announce, nothing to react to
 			if !sleepCtx(ctx, a.cfg.LockTTL) {
 				return
 			}
@@ -163,7 +163,8 @@ func (a *Agent) prepare(ctx context.Context) (int64, error) {
 	if err := a.refreshCluster(st.ID, members); err != nil {
 		return 0, err
 	}
-	if !st.IsLearner {
+	// A learner takes no turns; a dry run writes nothing to etcd.
+	if !st.IsLearner && !a.cfg.DryRun {
 		if err := a.ensureSession(ctx, st); err != nil {
 			return 0, err
 		}
