@@ -266,15 +266,18 @@ func (c *cycle) announce(ctx context.Context, s lock.State) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
+	sent := a.now()
 	rev, err := lock.Announce(ctx, sess, a.keys, c.st.ID, lock.Announcement{
 		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
-		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
+		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: sent,
 	})
 	if err != nil {
 		return err
 	}
 	if s == lock.StatePending {
-		c.announcedRev, c.announcedLeader, c.announcedAt = rev, c.st.isLeader(), a.now()
+		// The put may have waited for a member that defragments; the
+		// followers could see it from the moment it was sent.
+		c.announcedRev, c.announcedLeader, c.announcedAt = rev, c.st.isLeader(), sent
 		c.waited = false
 	}
 	return nil

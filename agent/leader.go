@@ -38,8 +38,18 @@ const (
 // also ends when this member no longer leads.
 func (c *cycle) waitFollowers(ctx context.Context) error {
 	a := c.a
+	if !c.announcedLeader {
+		// The pending announcement must say "leader" for followers to react.
+		if err := c.announce(ctx, lock.StatePending); err != nil {
+			return c.unavailable(ctx, err)
+		}
+	}
 	start := a.now()
 	if c.leaderDeadline.IsZero() {
+		// The first wait began when the announcement was sent.
+		if c.announcedAt.Before(start) {
+			start = c.announcedAt
+		}
 		c.leaderDeadline = start.Add(a.cfg.LeaderWaitTimeout)
 	}
 	a.metrics.waiting.WithLabelValues(waitLeader).Set(1)
@@ -49,12 +59,6 @@ func (c *cycle) waitFollowers(ctx context.Context) error {
 		a.metrics.leaderWait.Observe(d.Seconds())
 		c.rep.LeaderWaitSeconds += d.Seconds()
 	}()
-	if !c.announcedLeader {
-		// The pending announcement must say "leader" for followers to react.
-		if err := c.announce(ctx, lock.StatePending); err != nil {
-			return c.unavailable(ctx, err)
-		}
-	}
 	cluster := a.clusterClient()
 	logged := false
 	for {
