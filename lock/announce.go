@@ -135,7 +135,10 @@ func WatchAnnouncements(ctx context.Context, cli *clientv3.Client, keys Keys, re
 			}
 		}
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("watch %s: ended", keys.Agents())
 }
 
 // WaitChange blocks until a key under prefix is written or deleted after

@@ -67,7 +67,10 @@ func (k Keys) MemberOf(key string) (uint64, bool) {
 		}
 		id, _, _ := strings.Cut(rest, "/")
 		v, err := strconv.ParseUint(id, 16, 64)
-		return v, err == nil
+		if err != nil {
+			return 0, false
+		}
+		return v, true
 	}
 	return 0, false
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -29,9 +31,13 @@ type Mutex struct {
 	rev int64 // create revision of key; 0 while not queued
 }
 
-// NewMutex returns the mutex whose queue lives under pfx (which must end in
-// "/"), for the given session.
+// NewMutex returns the mutex whose queue lives under pfx, for the given
+// session. pfx gets a trailing "/" if it has none, as etcd's
+// concurrency.NewMutex adds one, so "lock" never matches "locks/...".
 func NewMutex(s *Session, pfx string) *Mutex {
+	if !strings.HasSuffix(pfx, "/") {
+		pfx += "/"
+	}
 	return &Mutex{s: s, pfx: pfx, key: fmt.Sprintf("%s%x", pfx, int64(s.Lease()))}
 }
 
@@ -39,9 +45,13 @@ func NewMutex(s *Session, pfx string) *Mutex {
 func (m *Mutex) Key() string { return m.key }
 
 // Enqueue puts this session's key in the queue, or finds it already there, and
-// reports whether it is at the head. It does not wait. Finding the key costs no
-// write, so a session that enqueued while the cluster was writable can still
-// Wait for its turn under the NOSPACE alarm. ctx bounds the request.
+// reports whether it is at the head. It does not wait. ctx bounds the request.
+//
+// Enqueue is a transaction with a put in one branch, and under the NOSPACE
+// alarm etcd refuses it even when the key is already there (it charges a
+// transaction for its costliest branch). Wait and Unlock write nothing, so a
+// session that enqueued while the cluster was writable can still take its
+// turn under NOSPACE.
 func (m *Mutex) Enqueue(ctx context.Context) (held bool, err error) {
 	cli := m.s.Client()
 	cmp := clientv3.Compare(clientv3.CreateRevision(m.key), "=", 0)
@@ -49,6 +59,11 @@ func (m *Mutex) Enqueue(ctx context.Context) (held bool, err error) {
 	get := clientv3.OpGet(m.key)
 	owner := clientv3.OpGet(m.pfx, clientv3.WithFirstCreate()...)
 	resp, err := cli.Txn(ctx).If(cmp).Then(put, owner).Else(get, owner).Commit()
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		// The lease ended before the session noticed (Done closes at the
+		// next keep-alive).
+		return false, fmt.Errorf("enqueue %s: %w", m.key, ErrSessionExpired)
+	}
 	if err != nil {
 		return false, fmt.Errorf("enqueue %s: %w", m.key, err)
 	}
@@ -172,8 +187,10 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	return nil
 }
 
-// IsOwner is the comparison that holds in a transaction only while this session
-// holds the lock. Use it to fence writes.
+// IsOwner is the comparison that holds in a transaction while this session's
+// key is in the queue as it was enqueued. Like concurrency.Mutex.IsOwner, it
+// means "holds the lock" only once Lock or Wait has returned nil (or Enqueue
+// reported held): a waiting key passes it too. Fenced also checks the head.
 func (m *Mutex) IsOwner() clientv3.Cmp {
 	return clientv3.Compare(clientv3.CreateRevision(m.key), "=", m.rev)
 }
@@ -185,7 +202,14 @@ func (m *Mutex) Fenced(ctx context.Context, ops ...clientv3.Op) (int64, error) {
 	if m.rev == 0 {
 		return 0, ErrNotOwner
 	}
-	resp, err := m.s.Client().Txn(ctx).If(m.IsOwner()).Then(ops...).Commit()
+	if len(ops) == 0 {
+		// A transaction without ops may be answered by a member that lags.
+		return 0, errors.New("fenced write: no ops")
+	}
+	// IsOwner alone also holds for a key still waiting in the queue; no key
+	// older than ours means ours is at the head.
+	head := clientv3.Compare(clientv3.CreateRevision(m.pfx), ">", m.rev-1).WithPrefix()
+	resp, err := m.s.Client().Txn(ctx).If(m.IsOwner(), head).Then(ops...).Commit()
 	if err != nil {
 		return 0, fmt.Errorf("fenced write: %w", err)
 	}

@@ -53,7 +53,9 @@ func NewSession(ctx context.Context, client *clientv3.Client, ttl time.Duration)
 		_, _ = client.Revoke(revokeCtx, resp.ID)
 		return nil, fmt.Errorf("keep lease %x alive: %w", int64(resp.ID), err)
 	}
-	return &Session{client: client, cs: cs, ttl: ttl, cancel: cancel}, nil
+	// etcd may raise a short TTL to its minimum; keep what it granted.
+	granted := max(time.Duration(resp.TTL)*time.Second, ttl)
+	return &Session{client: client, cs: cs, ttl: granted, cancel: cancel}, nil
 }
 
 // Client is the etcd client the session was made with.
@@ -62,7 +64,8 @@ func (s *Session) Client() *clientv3.Client { return s.client }
 // Lease is the lease ID that keys bound to the session carry.
 func (s *Session) Lease() clientv3.LeaseID { return s.cs.Lease() }
 
-// TTL is the lease's time to live.
+// TTL is the lease's time to live as etcd granted it (at least the one asked
+// for: etcd raises a TTL below its minimum).
 func (s *Session) TTL() time.Duration { return s.ttl }
 
 // Done returns a channel that closes when the lease is no longer kept alive:
@@ -80,7 +83,8 @@ func (s *Session) Expired() bool {
 	}
 }
 
-// Remaining asks etcd how long the lease has left. It returns ErrSessionExpired
+// Remaining asks etcd how long the lease has left, in whole seconds (rounded
+// down, so 0 when less than a second is left). It returns ErrSessionExpired
 // when etcd no longer knows the lease. ctx bounds the request.
 func (s *Session) Remaining(ctx context.Context) (time.Duration, error) {
 	resp, err := s.client.TimeToLive(ctx, s.Lease())
@@ -90,7 +94,9 @@ func (s *Session) Remaining(ctx context.Context) (time.Duration, error) {
 		}
 		return 0, fmt.Errorf("lease %x time to live: %w", int64(s.Lease()), err)
 	}
-	if resp.TTL <= 0 {
+	// etcd answers -1 for a lease it does not know, and truncates the time
+	// left to whole seconds: 0 is a live lease with less than a second left.
+	if resp.TTL < 0 {
 		return 0, ErrSessionExpired
 	}
 	return time.Duration(resp.TTL) * time.Second, nil
