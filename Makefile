@@ -5,14 +5,27 @@ VERSION        ?= $(shell git describe --tags --always --dirty 2>/dev/null || ec
 LDFLAGS        := -s -w -X main.version=$(VERSION)
 GOLANGCI_LINT  := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 FUZZTIME       ?= 60s
+IMAGE          ?= etcd-defrag-agent
+IMAGE_TAG      ?= $(VERSION)
+# The image's platform follows the binary's (GOARCH=arm64 make image needs BuildKit; see the README).
+IMAGE_PLATFORM ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: all build demo test check-fmt vet race lint fuzz fuzz-seeds clean
+.PHONY: all build image test-image demo test check-fmt vet race lint fuzz fuzz-seeds clean
 
 all: build test
 
 ## build: the agent binary (static, trimmed, version stamped) in bin/
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/etcd-defrag-agent ./cmd/agent
+
+## image: the container image $(IMAGE):$(IMAGE_TAG), FROM scratch around bin/etcd-defrag-agent
+image: build
+	docker build --platform $(IMAGE_PLATFORM) --build-arg VERSION=$(VERSION) -t $(IMAGE):$(IMAGE_TAG) .
+
+## test-image: build the image and run it: non-root, no shell, read-only root filesystem,
+## --version, --check-config, /healthz (scripts/test-image.sh; starts a private dockerd if none answers)
+test-image: build
+	VERSION=$(VERSION) IMAGE=$(IMAGE) scripts/test-image.sh
 
 ## demo: an embedded 3-member etcd, one agent per member, a round as it happens
 demo:
@@ -42,3 +55,4 @@ fuzz:
 
 clean:
 	rm -rf bin/
+

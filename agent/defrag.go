@@ -236,17 +236,28 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord)
 	case derr != nil && !isTimeout(derr):
 		result = c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w", c.st.Endpoint, derr))
 	}
-	if derr != nil && isTimeout(derr) {
-		c.log.Warn("defragment request timed out; etcd went on and the member answers again",
-			"err", derr, "defrag_seconds", took.Seconds())
-	}
 
 	if result == nil {
-		if after, err := a.localStatus(dctx); err == nil {
+		after, err := a.localStatus(dctx)
+		if err == nil {
 			c.rep.After = after.sizes()
 			out.After = c.rep.After
 			c.rep.Reclaimed = max(c.st.DBSize-after.DBSize, 0)
 		}
+		if derr != nil {
+			// The request timed out. etcd goes on with a defrag it received,
+			// but it may never have received this one: count it only if the
+			// file shrank.
+			if err != nil || after.DBSize >= c.st.DBSize {
+				result = c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w; the member answers, but its file did not shrink (%d bytes): etcd probably never ran the defrag",
+					c.st.Endpoint, derr, c.st.DBSize))
+			} else {
+				c.log.Warn("defragment request timed out; etcd went on and finished",
+					"err", derr, "defrag_seconds", took.Seconds())
+			}
+		}
+	}
+	if result == nil {
 		if a.cfg.VerifyHashKV {
 			if err := c.verify(dctx); err != nil {
 				a.metrics.defrags.WithLabelValues(resultVerifyFailed).Inc()

@@ -3,10 +3,12 @@ package agent
 import (
 	"context"
 	"errors"
-	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
@@ -110,29 +112,17 @@ func TestLeaderWaitsForPendingFollower(t *testing.T) {
 }
 
 // TestDefragOutlivesClientTimeout: the Defragment request is cut short on the
-// client side while etcd goes on. The agent keeps the lock until its member
-// answers again, so the next agent starts only after the defrag ended.
+// client side while etcd goes on (the interceptor lets the request reach etcd
+// and returns DeadlineExceeded once etcd logs that it defragments). The agent
+// keeps the lock until its member answers again, so the next agent starts
+// only after the defrag ended.
 func TestDefragOutlivesClientTimeout(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
 	slowFill(t, c)
 	fs := followers(t, c)
 
 	sent := make(chan struct{}, 1)
-	var cut atomic.Bool
-	cutShort := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if method != defragMethod {
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}
-		ctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-		defer cancel()
-		sent <- struct{}{}
-		err := invoker(ctx, method, req, reply, cc, opts...)
-		if status.Code(err) == codes.DeadlineExceeded {
-			cut.Store(true)
-		}
-		return err
-	}
-	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(cutShort))
+	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(cutShortOnceRunning(t, c, fs[0], sent)))
 	b := newTestAgent(t, c, fs[1], "true")
 
 	adone := make(chan error, 1)
@@ -144,14 +134,73 @@ func TestDefragOutlivesClientTimeout(t *testing.T) {
 	if err := <-adone; err != nil {
 		t.Fatalf("first agent: %v", err)
 	}
-	if !cut.Load() {
-		t.Fatalf("the Defragment request was not cut short: the defrag took less than 20ms, the test proves nothing")
-	}
 	ds := c.Defrags()
 	checkEachOnce(t, ds, fs)
 	checkOneAtATime(t, ds)
 	if len(ds) == 2 && ds[0].MemberID != fs[0].ID {
 		t.Errorf("first defrag was of %x, want %s's", ds[0].MemberID, fs[0].Name)
+	}
+}
+
+// cutShortOnceRunning is an interceptor for the Defragment request: it sends
+// the request on in the background, waits until etcd logs that member m
+// defragments, signals sent, and returns DeadlineExceeded — a client-side
+// timeout while etcd goes on.
+func cutShortOnceRunning(t testing.TB, c *etcdtest.Cluster, m *etcdtest.Member, sent chan<- struct{}) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method != defragMethod {
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}
+		n := len(c.Defrags())
+		go func() { _ = invoker(context.WithoutCancel(ctx), method, req, new(pb.DefragmentResponse), cc, opts...) }()
+		deadline := time.Now().Add(30 * time.Second)
+		for !defragStarted(c.Defrags()[n:], m.ID) {
+			if time.Now().After(deadline) {
+				t.Errorf("etcd did not start the defrag of %s within 30s", m.Name)
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sent <- struct{}{}
+		return status.Error(codes.DeadlineExceeded, "cut short by the test while etcd defragments")
+	}
+}
+
+func defragStarted(ds []etcdtest.Defrag, id uint64) bool {
+	for _, d := range ds {
+		if d.MemberID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDefragRequestNeverRan: the Defragment request times out before etcd
+// ran it. The member answers at once, but its file did not shrink: the agent
+// reports a failure instead of a success.
+func TestDefragRequestNeverRan(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fill(t, c, etcdtest.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	m := followers(t, c)[0]
+	drop := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == defragMethod {
+			return status.Error(codes.DeadlineExceeded, "dropped by the test before it reached etcd")
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := newTestAgent(t, c, m, "true", withLocalInterceptor(drop))
+	err := a.RunOnce(t.Context())
+	if got := blockedReason(t, err); got != ReasonUnavailable {
+		t.Fatalf("reason = %q, want %q (err %v)", got, ReasonUnavailable, err)
+	}
+	if !strings.Contains(err.Error(), "did not shrink") {
+		t.Errorf("error %q does not say why the defrag is not counted", err)
+	}
+	if got := testutil.ToFloat64(a.metrics.defrags.WithLabelValues(resultSuccess)); got != 0 {
+		t.Errorf("defragmentations_total{result=success} = %v, want 0", got)
+	}
+	if ds := c.Defrags(); len(ds) != 0 {
+		t.Errorf("etcd defragmented: %v", ds)
 	}
 }
 

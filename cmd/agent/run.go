@@ -118,7 +118,11 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 
 	srvErr := make(chan error, 1)
 	if cfg.Web.ListenAddress != "" {
-		srv := &http.Server{Handler: a.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{
+			Handler:           a.Handler(reg),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(logger.With("component", "web").Handler(), slog.LevelWarn),
+		}
 		go func() {
 			addrs := []string{cfg.Web.ListenAddress}
 			webCfg := cfg.Web.ConfigFile
