@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/go-co-op/gocron/v2"
@@ -67,18 +68,36 @@ func (a *Agent) Serve(ctx context.Context, sched Schedule) error {
 	}()
 
 	s.Start()
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
+	// Cycles the leader's agent asks for run here, not through gocron: a
+	// request that comes while a cycle runs must give one more cycle after it
+	// (that cycle may have announced its decision before the request), and
+	// singleton mode would drop it. One slot: requests coalesce. RunOnce
+	// serialises these with the scheduled cycles.
+	requests := make(chan struct{}, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-requests:
+				if ctx.Err() == nil {
+					_ = a.RunOnce(ctx)
+				}
+			}
+		}
+	})
+	wg.Go(func() {
 		a.keepPresent(ctx, func() {
-			if err := job.RunNow(); err != nil {
-				a.log.Debug("requested cycle not started", "err", err)
+			select {
+			case requests <- struct{}{}:
+			default: // one is queued already; it runs after the current cycle
 			}
 		})
-	}()
+	})
 	<-ctx.Done()
 	err = s.Shutdown()
-	<-watched
+	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("stop scheduler: %w", err)
 	}
