@@ -56,3 +56,18 @@ fuzz:
 clean:
 	rm -rf bin/
 
+## e2e: the end-to-end suite (test/e2e): etcd members and agents as separate processes, on etcd 3.4-3.7.
+## Needs Debian's etcd-server (etcd 3.4) and the Go module proxy (3.5-3.7 are built once, then cached).
+## E2E_ETCD_VERSIONS=3.6,3.7 narrows the version matrix; E2E_RUN selects scenarios (go test -run).
+E2E_RUN      ?= .
+STRESS_COUNT ?= 20
+
+e2e:
+	$(GO) vet -tags e2e ./test/e2e/
+	$(GO) test -tags e2e -count=1 -timeout 30m -v -run '$(E2E_RUN)' ./test/e2e/
+
+## stress: repeat the e2e fault scenarios STRESS_COUNT times (default 20); summary in bin/stress/summary.txt
+stress:
+	STRESS_COUNT=$(STRESS_COUNT) test/e2e/stress.sh
+
+.PHONY: e2e stress

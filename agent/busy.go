@@ -31,13 +31,25 @@ func retryBusyInterceptor(attempt time.Duration) grpc.UnaryClientInterceptor {
 		for {
 			actx, cancel := context.WithTimeout(ctx, attempt)
 			err := invoker(actx, method, req, reply, cc, opts...)
-			timedOut := actx.Err() != nil
+			timedOut := actx.Err() != nil || attemptTimedOut(err)
 			cancel()
-			if err == nil || ctx.Err() != nil || !timedOut || status.Code(err) != codes.DeadlineExceeded {
+			if err == nil || ctx.Err() != nil || !timedOut {
 				return err
 			}
 		}
 	}
+}
+
+// attemptTimedOut tells an attempt that ran out of time. etcd 3.4 answers
+// a request whose deadline passed with code Unknown, "context deadline
+// exceeded", a moment before the client's own deadline fires.
+func attemptTimedOut(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := status.Convert(err)
+	return s.Code() == codes.DeadlineExceeded ||
+		s.Code() == codes.Unknown && strings.Contains(s.Message(), context.DeadlineExceeded.Error())
 }
 
 // retriable tells the requests that are safe to send again: reads, and the
