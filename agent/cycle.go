@@ -97,7 +97,7 @@ func (c *cycle) run(ctx context.Context) error {
 	a := c.a
 	st, err := a.localStatus(ctx)
 	if err != nil {
-		return c.unavailable(ctx, err)
+		return c.unavailable(ctx, fmt.Errorf("%w: %w", ErrMemberUnreachable, err))
 	}
 	c.observe(st)
 	c.rep.Before = st.sizes()

@@ -114,6 +114,11 @@ func (e *BlockedError) Error() string {
 
 func (e *BlockedError) Unwrap() error { return e.Err }
 
+// ErrMemberUnreachable is wrapped in the error of a cycle that could not read
+// its own member's status through any endpoint. With --once, where there is
+// no later cycle, it means the endpoints (or the credentials) are wrong.
+var ErrMemberUnreachable = errors.New("this agent's member does not answer")
+
 // ReasonOf returns the reason carried by an error from RunOnce, or "".
 func ReasonOf(err error) Reason {
 	var b *BlockedError

@@ -139,7 +139,13 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 
 	if cfg.Once {
-		return a.RunOnce(ctx)
+		err := a.RunOnce(ctx)
+		if errors.Is(err, agent.ErrMemberUnreachable) {
+			// No later cycle will retry: the endpoints or the credentials
+			// are wrong (the daemon keeps trying instead).
+			return usageError{fmt.Errorf("--endpoints %s: %w", strings.Join(cfg.Endpoints, ","), err)}
+		}
+		return err
 	}
 	sched, err := config.ParseSchedule(cfg.Schedule)
 	if err != nil {
