@@ -315,3 +315,15 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 func clientv3WithPrefix() []clientv3.OpOption {
 	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCountOnly()}
 }
+
+// signalDefrag returns an interceptor for an agent's local client that sends
+// on the returned channel when the agent sends its Defragment request.
+func signalDefrag() (<-chan struct{}, grpc.UnaryClientInterceptor) {
+	sent := make(chan struct{}, 1)
+	return sent, func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == defragMethod {
+			sent <- struct{}{}
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -23,13 +22,7 @@ func TestShutdownWaitsForDefrag(t *testing.T) {
 	m := followers(t, c)[0]
 	keys := lock.NewKeys(testPrefix)
 
-	sent := make(chan struct{}, 1)
-	signal := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if method == defragMethod {
-			sent <- struct{}{}
-		}
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
+	sent, signal := signalDefrag()
 	a := newTestAgent(t, c, m, "true", withLocalInterceptor(signal))
 	ctx, cancel := context.WithCancel(t.Context())
 	served := make(chan error, 1)

@@ -214,13 +214,7 @@ func TestAgentVanishesMidDefrag(t *testing.T) {
 	fs := followers(t, c)
 	keys := lock.NewKeys(testPrefix)
 
-	sent := make(chan struct{}, 1)
-	signal := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if method == defragMethod {
-			sent <- struct{}{}
-		}
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
+	sent, signal := signalDefrag()
 	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(signal))
 	b := newTestAgent(t, c, fs[1], "true")
 
@@ -308,13 +302,7 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 	slowFill(t, c)
 	fs := followers(t, c)
 
-	sent := make(chan struct{}, 1)
-	signal := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if method == defragMethod {
-			sent <- struct{}{}
-		}
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
+	sent, signal := signalDefrag()
 	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(signal))
 	b := newTestAgent(t, c, fs[1], "true")
 
