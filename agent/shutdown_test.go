@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
