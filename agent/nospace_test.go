@@ -118,17 +118,31 @@ func TestNoSpaceRecoveredByDaemons(t *testing.T) {
 // --disalarm-threshold, the agent does not disarm and says why. Once data is
 // deleted (deletes work under NOSPACE), it recovers.
 func TestNoSpaceDisarmOnlyBelowThreshold(t *testing.T) {
+	// The fill stops at the first NOSPACE, when live data is somewhere
+	// between 85% and 95% of the quota; a defrag leaves about that much.
+	// The threshold sits well below, so the outcome does not depend on
+	// where the fill stopped.
+	const threshold = 0.75
 	c := newCluster(t, etcdtest.Options{QuotaBackendBytes: smallQuota})
 	cli := c.ClientT(t)
 	var agents []*testAgent
 	for _, m := range c.Members() {
-		a := newTestAgent(t, c, m, "false")
+		a := newTestAgent(t, c, m, "false", withConfig(func(cfg *Config) { cfg.DisalarmThreshold = threshold }))
 		if _, err := a.prepare(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		agents = append(agents, a)
 	}
 	fillUntilNoSpace(t, cli, 1<<20, 64<<10) // distinct keys: all of it is live
+	for _, m := range c.Members() {
+		s, err := cli.Status(t.Context(), m.ClientURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if float64(s.DbSizeInUse) < threshold*smallQuota {
+			t.Fatalf("precondition: member %s has %d bytes in use, not above %.0f%% of the quota", m.Name, s.DbSizeInUse, threshold*100)
+		}
+	}
 
 	errs := runAll(t.Context(), agents...)
 	var stuck int
