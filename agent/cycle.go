@@ -153,6 +153,17 @@ func (c *cycle) run(ctx context.Context) error {
 		}
 		return c.skip(ReasonPermission, err)
 	}
+	// A voter that is down now will not be up at the health gate either:
+	// say so without queueing, so that the lock does not change hands
+	// every cycle while it is down and the leader's agent, whose followers
+	// decide this way, reports the same reason. The gate under the lock
+	// checks again, with linearizable reads.
+	if err := a.allUp(ctx, voters(c.members)); err != nil {
+		if ctx.Err() != nil {
+			return c.skip(ReasonShutdown, err)
+		}
+		return c.skip(ReasonUnhealthy, err)
+	}
 	if err := a.ensureSession(ctx, st); err != nil {
 		return c.unavailable(ctx, err)
 	}
@@ -310,6 +321,9 @@ func (c *cycle) withLock(ctx context.Context) (again bool, err error) {
 	a.mu.Lock()
 	sess := a.session
 	a.mu.Unlock()
+	if sess == nil { // abandoned after a failed unlock in an earlier turn
+		return false, c.skip(ReasonSessionLost, lock.ErrSessionExpired)
+	}
 	m := lock.NewMutex(sess, a.keys.Lock())
 
 	start := a.now()
@@ -333,17 +347,43 @@ func (c *cycle) withLock(ctx context.Context) (again bool, err error) {
 	default:
 		return false, c.unavailable(ctx, err)
 	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
-		defer cancel()
-		if uerr := m.Unlock(uctx); uerr != nil {
-			c.log.Warn("unlock failed; the lock is released when the session lease expires", "err", uerr)
-		}
-	}()
+	defer c.release(ctx, sess, m)
 	c.log.Debug("lock taken", "lock_wait_seconds", waited.Seconds())
 	_ = c.announce(ctx, lock.StateLocked)
 	return c.underLock(ctx, m)
 }
+
+// release gives the lock up. An unlock can fail on one connection (a member
+// that stopped answering) and succeed on the next, so it is retried until
+// lock.CleanupTimeout. If it still fails, the session is abandoned: its
+// keep-alives stop, so the lease — and the lock key bound to it — expires
+// within one --lock-ttl instead of being kept alive, and held, for as long
+// as the agent runs. The next cycle starts a new session.
+func (c *cycle) release(ctx context.Context, sess *lock.Session, m *lock.Mutex) {
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
+	defer cancel()
+	retry := time.NewTicker(unlockRetryInterval)
+	defer retry.Stop()
+	for {
+		err := m.Unlock(uctx)
+		if err == nil {
+			return
+		}
+		select {
+		case <-retry.C:
+			c.log.Debug("unlock failed; retrying", "err", err)
+			continue
+		case <-uctx.Done():
+		}
+		c.a.dropSession(sess)
+		c.log.Warn("unlock failed; session abandoned, the lock is released when its lease expires",
+			"err", err, "lease", fmt.Sprintf("%x", int64(sess.Lease())), "lock_ttl_seconds", sess.TTL().Seconds())
+		return
+	}
+}
+
+// unlockRetryInterval spaces the attempts to release the lock.
+const unlockRetryInterval = 250 * time.Millisecond
 
 // underLock re-checks everything on fresh reads and defragments.
 func (c *cycle) underLock(ctx context.Context, m *lock.Mutex) (again bool, err error) {

@@ -232,6 +232,29 @@ func (a *Agent) answers(ctx context.Context, cli *clientv3.Client, linearizable 
 	return nil
 }
 
+// allUp checks, in parallel, that every given member answers Status, and
+// names those that do not. Status answers while a member defragments, so
+// unlike allAnswer this finds only members that are down (killed, stopped,
+// unreachable), not one that is busy with its turn.
+func (a *Agent) allUp(ctx context.Context, members []*pb.Member) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, m := range members {
+		wg.Go(func() {
+			if _, err := a.statusOfAny(ctx, m.ClientURLs); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("member %s is down: %w", memberName(m), err))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // allAnswer checks, in parallel, that every given member answers a
 // linearizable read, and names those that do not.
 func (a *Agent) allAnswer(ctx context.Context, members []*pb.Member) error {

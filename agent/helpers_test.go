@@ -56,35 +56,49 @@ type testAgent struct {
 	reg    *prometheus.Registry
 }
 
+// agentSetup is what a test agent is made of.
+type agentSetup struct {
+	cfg   Config
+	deps  Deps
+	local []grpc.DialOption // of the local client
+	dial  []grpc.DialOption // of the clients the agent dials (cluster, peers)
+}
+
 // agentOption changes a test agent's configuration or dependencies.
-type agentOption func(*Config, *Deps, *[]grpc.DialOption)
+type agentOption func(*agentSetup)
 
 func withConfig(f func(*Config)) agentOption {
-	return func(c *Config, _ *Deps, _ *[]grpc.DialOption) { f(c) }
+	return func(s *agentSetup) { f(&s.cfg) }
 }
 
 // withLocalInterceptor wraps the unary RPCs of the agent's local client.
 func withLocalInterceptor(i grpc.UnaryClientInterceptor) agentOption {
-	return func(_ *Config, _ *Deps, o *[]grpc.DialOption) { *o = append(*o, grpc.WithUnaryInterceptor(i)) }
+	return func(s *agentSetup) { s.local = append(s.local, grpc.WithUnaryInterceptor(i)) }
+}
+
+// withClusterInterceptor wraps the unary RPCs of the clients the agent
+// dials: the cluster client (session, lock, records) and the peers'.
+func withClusterInterceptor(i grpc.UnaryClientInterceptor) agentOption {
+	return func(s *agentSetup) { s.dial = append(s.dial, grpc.WithUnaryInterceptor(i)) }
 }
 
 // newTestAgent makes an agent for member m, closed at the end of the test.
 func newTestAgent(t testing.TB, c *etcdtest.Cluster, m *etcdtest.Member, src string, opts ...agentOption) *testAgent {
 	t.Helper()
-	cfg := testConfig(t, src)
-	cfg.Identity = fmt.Sprintf("%s/%s", t.Name(), m.Name)
+	s := agentSetup{cfg: testConfig(t, src)}
+	s.cfg.Identity = fmt.Sprintf("%s/%s", t.Name(), m.Name)
 	reg := prometheus.NewRegistry()
-	deps := Deps{Logger: testLogger(t, m.Name), Registerer: reg}
-	var dialOpts []grpc.DialOption
+	s.deps = Deps{Logger: testLogger(t, m.Name), Registerer: reg}
 	for _, o := range opts {
-		o(&cfg, &deps, &dialOpts)
+		o(&s)
 	}
+	cfg, deps := s.cfg, s.deps
 	user := etcdtest.RootUser
 	if cfg.User != "" {
 		user = cfg.User
 	}
 	lc := c.ClientConfigAs(user, m.ClientURL)
-	lc.DialOptions = append(lc.DialOptions, dialOpts...)
+	lc.DialOptions = append(lc.DialOptions, s.local...)
 	local, err := clientv3.New(lc)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +106,7 @@ func newTestAgent(t testing.TB, c *etcdtest.Cluster, m *etcdtest.Member, src str
 	deps.Local = local
 	deps.Dial = func(eps []string, opts ...grpc.DialOption) (*clientv3.Client, error) {
 		cc := c.ClientConfigAs(user, eps...)
-		cc.DialOptions = append(cc.DialOptions, opts...)
+		cc.DialOptions = append(append(cc.DialOptions, opts...), s.dial...)
 		return clientv3.New(cc)
 	}
 	a, err := New(cfg, deps)

@@ -41,6 +41,19 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) error {
 	return nil
 }
 
+// dropSession stops the keep-alives of sess, if it is still the agent's
+// session, so that its lease and every key bound to it expire within one
+// TTL; the next cycle starts a new session.
+func (a *Agent) dropSession(sess *lock.Session) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.session != sess {
+		return
+	}
+	sess.Abandon()
+	a.session, a.nospace = nil, nil
+}
+
 // joinNoSpaceQueue puts the agent in the NOSPACE queue if it is not there.
 // Joining is a write, so it can only happen while the cluster is writable;
 // failures are retried next cycle.

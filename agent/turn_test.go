@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,5 +331,64 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 		if d.MemberID == fs[0].ID && d.End.Before(bStart) {
 			t.Fatalf("the first defrag (%v) ended before the next agent started (%v): the test did not exercise the wait", d, bStart)
 		}
+	}
+}
+
+// TestUnlockFailureReleasesLock: the agent cannot delete its lock key (the
+// connection it takes runs to a member that stopped answering, as a
+// SIGSTOPped member's does until gRPC's keep-alive gives up). It must not
+// keep the lock alive with its session: it abandons the session, the key
+// expires with the lease within one --lock-ttl, the next agent gets the
+// lock, and the agent's next cycle starts a new session.
+func TestUnlockFailureReleasesLock(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fs := followers(t, c)
+	lockKeys := lock.NewKeys(testPrefix).Lock()
+	var refused atomic.Int64
+	var broken atomic.Bool
+	broken.Store(true)
+	failUnlock := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if r, ok := req.(*pb.DeleteRangeRequest); ok && broken.Load() && strings.HasPrefix(string(r.Key), lockKeys) {
+			refused.Add(1)
+			return status.Error(codes.Unavailable, "injected: keepalive ping failed to receive ACK within timeout")
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	a := newTestAgent(t, c, fs[0], "true", withClusterInterceptor(failUnlock))
+	b := newTestAgent(t, c, fs[1], "true")
+
+	if err := a.RunOnce(t.Context()); err != nil {
+		t.Fatalf("agent whose unlock fails: %v", err)
+	}
+	if refused.Load() < 2 {
+		t.Fatalf("unlock attempted %d times, want retries", refused.Load())
+	}
+	a.mu.Lock()
+	dropped := a.session == nil
+	a.mu.Unlock()
+	if !dropped {
+		t.Fatal("the session that holds the lock key is still kept alive")
+	}
+	cli := c.ClientT(t)
+	waitFor(t, 15*time.Second, "the lock key expiring with the abandoned lease", func() bool {
+		resp, err := cli.Get(t.Context(), lockKeys, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 0
+	})
+	if err := b.RunOnce(t.Context()); err != nil {
+		t.Fatalf("next agent: %v", err)
+	}
+	checkEachOnce(t, c.Defrags(), fs)
+
+	// Once the connection works again, the next cycle runs on a new
+	// session and keeps it.
+	broken.Store(false)
+	if err := a.RunOnce(t.Context()); err != nil && ReasonOf(err) == "" {
+		t.Fatalf("next cycle: %v", err)
+	}
+	a.mu.Lock()
+	renewed := a.session != nil
+	a.mu.Unlock()
+	if !renewed {
+		t.Error("the next cycle did not start a new session")
 	}
 }

@@ -92,9 +92,16 @@ func (m *Mutex) Enqueued(ctx context.Context) (bool, error) {
 // taken out of the queue again (on a fresh context bounded by CleanupTimeout)
 // and the cause is returned: ctx's error, ErrSessionExpired, or the etcd error.
 func (m *Mutex) Lock(ctx context.Context) error {
-	held, err := m.Enqueue(ctx)
-	if err == nil && !held {
-		err = m.Wait(ctx)
+	// A request to members this process cannot reach (a partition) waits
+	// for its context; the session ends within one TTL then, and so does
+	// the Lock.
+	sctx, cancel := m.whileSession(ctx)
+	defer cancel(nil)
+	held, err := m.Enqueue(sctx)
+	if err != nil {
+		err = waitErr(sctx, err)
+	} else if !held {
+		err = m.Wait(sctx)
 	}
 	if err != nil {
 		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), CleanupTimeout)
@@ -114,15 +121,8 @@ func (m *Mutex) Wait(ctx context.Context) error {
 	if m.rev == 0 {
 		return fmt.Errorf("wait %s: not enqueued", m.key)
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := m.whileSession(ctx)
 	defer cancel(nil)
-	go func() {
-		select {
-		case <-m.s.Done():
-			cancel(ErrSessionExpired)
-		case <-ctx.Done():
-		}
-	}()
 	cli := m.s.Client()
 	for {
 		// The newest key older than ours; once no such key is left, we hold it.
@@ -146,6 +146,20 @@ func (m *Mutex) Wait(ctx context.Context) error {
 		return ErrSessionExpired
 	}
 	return nil
+}
+
+// whileSession returns a context that also ends, with the cause
+// ErrSessionExpired, when the session ends.
+func (m *Mutex) whileSession(ctx context.Context) (context.Context, context.CancelCauseFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-m.s.Done():
+			cancel(ErrSessionExpired)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // waitErr prefers the reason the context was cancelled (session expiry) over

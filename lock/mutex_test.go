@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
@@ -230,6 +231,46 @@ func TestMutexSessionExpires(t *testing.T) {
 				t.Errorf("Holder = %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// TestMutexSessionEndsWhileEnqueueing: the enqueue transaction gets no
+// answer (this process is cut off from the cluster, and the request waits
+// for its context). Lock must end when the session does, within one TTL,
+// not when the caller's context does.
+func TestMutexSessionEndsWhileEnqueueing(t *testing.T) {
+	t.Parallel()
+	c, cli := newCluster(t)
+	started := make(chan struct{}, 1)
+	cut := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if method == "/etcdserverpb.KV/Txn" {
+			started <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	cfg := c.ClientConfig()
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithUnaryInterceptor(cut))
+	cutCli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cutCli.Close() })
+	s := newSession(t, cutCli, sessionTTL)
+	m := lock.NewMutex(s, "/cut-off/lock/")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Lock(ctx) }()
+	receive(t, started, "the enqueue transaction to be sent")
+	revoke(t, cli, s) // the lease ends in etcd, as it does when keep-alives cannot get through
+	if err := receive(t, done, "Lock to return"); !errors.Is(err, lock.ErrSessionExpired) {
+		t.Errorf("Lock: err = %v, want %v", err, lock.ErrSessionExpired)
+	}
+	if ctx.Err() != nil {
+		t.Error("Lock returned only when the caller's context ended")
 	}
 }
 
