@@ -7,8 +7,5 @@ package tools
 import (
 	_ "github.com/Shopify/toxiproxy/v2"
 	_ "github.com/Shopify/toxiproxy/v2/client"
-	_ "gonum.org/v1/plot"
-	_ "gonum.org/v1/plot/plotter"
-	_ "gonum.org/v1/plot/vg"
 	_ "k8s.io/apimachinery/pkg/runtime/serializer"
 )

@@ -87,7 +87,7 @@ func (c *Cluster) StartAgent(t testing.TB, m *Member, opts AgentOptions) *Agent 
 		if err != nil {
 			t.Fatal(err)
 		}
-		a.WebAddr = fmt.Sprintf("127.0.0.1:%d", port)
+		a.WebAddr = fmt.Sprintf("%s:%d", m.host, port)
 		defaults = append(defaults, "--web.listen-address="+a.WebAddr)
 	}
 	add("log.format", "json")
@@ -98,7 +98,7 @@ func (c *Cluster) StartAgent(t testing.TB, m *Member, opts AgentOptions) *Agent 
 	a.exitOK = opts.ExitExpected || has("once") || has("check-config") || has("version")
 	a.proc = &process{
 		name: name, path: bin, args: append(defaults, args...), env: opts.Env,
-		outPath: a.LogPath, owner: c.owner + name,
+		outPath: a.LogPath, owner: c.owner + name, netns: m.netns,
 	}
 	a.proc.addExitHook(func(_ *process, state *os.ProcessState, expected bool) {
 		if !expected && !a.exitOK {

@@ -95,6 +95,24 @@ func SelectedLines() ([]string, error) {
 	return out, nil
 }
 
+// FaultLines returns the etcd lines the fault scenarios outside the
+// issue's version matrix (F2, F3, F6, F7, F8) run on: every selected line
+// when EnvVersions is set (an explicit selection; make stress sets it),
+// else only the newest line, which keeps CI within its time budget. Those
+// scenarios test the agents' turn-taking, the same code on every line; the
+// line-dependent parts are exercised on every line by the matrix (the
+// round, F1, F5) and by make stress.
+func FaultLines() ([]string, error) {
+	lines, err := SelectedLines()
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(os.Getenv(EnvVersions)) == "" {
+		return lines[len(lines)-1:], nil
+	}
+	return lines, nil
+}
+
 // binaryCache memoises the etcd binaries of this process: each line is
 // looked up or built once, however many tests ask, and concurrent askers
 // wait for the same build. Programs are a process-wide resource, like ports.
@@ -155,6 +173,10 @@ func resolveEtcd(ctx context.Context, line string) (Etcd, string, error) {
 			return Etcd{}, "", fmt.Errorf("etcd 3.4: %w; install Debian's etcd-server package "+
 				"(apt-get install -y etcd-server, which .ci/run does) or set %s to an etcd 3.4 binary", err, EnvEtcd34)
 		}
+		// Debian's etcd-client package puts etcdctl next to etcd.
+		if ctl := filepath.Join(filepath.Dir(path), "etcdctl"); probeCtl(ctx, line, ctl) {
+			e.Ctl = ctl
+		}
 		return e, "installed", nil
 	}
 	rel, _ := release(line)
@@ -187,6 +209,22 @@ func probeEtcd(ctx context.Context, line, server, ctl string) (Etcd, error) {
 		return Etcd{}, fmt.Errorf("%s is etcd %s, want %s.x", server, v, line)
 	}
 	return Etcd{Line: line, Version: v, Server: server, Ctl: ctl}, nil
+}
+
+var ctlVersionRE = regexp.MustCompile(`etcdctl version: (\S+)`)
+
+// probeCtl reports whether path is an etcdctl of the line.
+func probeCtl(ctx context.Context, line, path string) bool {
+	if _, err := os.Stat(path); err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, "version")
+	cmd.Env = append(os.Environ(), "ETCDCTL_API=3")
+	out, err := cmd.CombinedOutput()
+	m := ctlVersionRE.FindSubmatch(out)
+	return err == nil && m != nil && strings.HasPrefix(string(m[1]), line+".")
 }
 
 // cacheDir returns the directory of the built etcd releases.

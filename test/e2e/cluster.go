@@ -68,6 +68,12 @@ type ClusterOptions struct {
 	// LockPrefix is the agents' --lock-prefix and what the observer watches;
 	// "" means DefaultLockPrefix.
 	LockPrefix string
+	// Netns runs every member, and every agent started beside it, in a
+	// network namespace of its own on a bridge (see netns.go), with an
+	// address of its own instead of 127.0.0.1, so that Partition can cut
+	// members off from each other. It needs root and ip and nft: check
+	// NetnsSupported first.
+	Netns bool
 }
 
 // Cluster is a running etcd cluster of separate member processes, the
@@ -87,6 +93,7 @@ type Cluster struct {
 
 	members []*Member // fixed after NewCluster
 	obs     *Observer
+	net     *network // with ClusterOptions.Netns
 
 	mu       sync.Mutex
 	agents   []*Agent
@@ -110,8 +117,10 @@ type Member struct {
 	// restarts; OutPath receives the process's stdout and stderr.
 	LogPath, OutPath string
 
-	c    *Cluster
-	proc *process
+	c     *Cluster
+	proc  *process
+	host  string // the address the member listens on: 127.0.0.1, or its own with ClusterOptions.Netns
+	netns string // the network namespace of its processes; "" for the harness's
 
 	mu  sync.Mutex
 	cli *clientv3.Client // a client of this member only
@@ -177,6 +186,11 @@ func startCluster(t testing.TB, e Etcd, opts ClusterOptions) (_ *Cluster, err er
 	} else {
 		c.dir = t.TempDir()
 	}
+	if opts.Netns {
+		if c.net, err = newNetwork(t, id); err != nil {
+			return nil, err
+		}
+	}
 	var initial []string
 	for i := range opts.Members {
 		m, err := c.newMember(i)
@@ -237,21 +251,31 @@ func (c *Cluster) newMember(i int) (*Member, error) {
 		ports[j] = p
 	}
 	name := fmt.Sprintf("m%d", i)
+	host, netns := "127.0.0.1", ""
+	if c.net != nil {
+		var err error
+		if netns, host, err = c.net.addMember(i, name); err != nil {
+			return nil, err
+		}
+	}
 	m := &Member{
 		Name:       name,
-		ClientURL:  fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
-		PeerURL:    fmt.Sprintf("http://127.0.0.1:%d", ports[1]),
-		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
+		ClientURL:  fmt.Sprintf("http://%s:%d", host, ports[0]),
+		PeerURL:    fmt.Sprintf("http://%s:%d", host, ports[1]),
+		MetricsURL: fmt.Sprintf("http://%s:%d", host, ports[2]),
 		Dir:        filepath.Join(c.dir, name, "data"),
 		LogPath:    filepath.Join(c.dir, name, "etcd.log"),
 		OutPath:    filepath.Join(c.dir, name, "etcd.out"),
 		c:          c,
+		host:       host,
+		netns:      netns,
 	}
-	m.proc = &process{name: "etcd " + name, path: c.Etcd.Server, outPath: m.OutPath, owner: c.owner + name}
+	m.proc = &process{name: "etcd " + name, path: c.Etcd.Server, outPath: m.OutPath, owner: c.owner + name, netns: netns}
 	m.proc.addExitHook(func(_ *process, state *os.ProcessState, expected bool) {
 		c.obs.memberExited(m, time.Now())
 		if !expected {
-			c.problem(fmt.Sprintf("etcd member %s exited unexpectedly (%v); last lines of %s:\n%s", m.Name, state, m.OutPath, tail(m.OutPath, 5)))
+			c.problem(fmt.Sprintf("etcd member %s exited unexpectedly (%v); last lines of %s:\n%s\nand of %s:\n%s",
+				m.Name, state, m.OutPath, tail(m.OutPath, 5), m.LogPath, tail(m.LogPath, 5)))
 		}
 	})
 	return m, nil
@@ -529,7 +553,7 @@ func (m *Member) WaitHealthy(ctx context.Context) error {
 	var last error
 	for {
 		if !m.proc.running() {
-			return fmt.Errorf("member %s is not running", m.Name)
+			return fmt.Errorf("member %s is not running (%v); last lines of its log:\n%s", m.Name, m.proc.exitState(), tail(m.LogPath, 5))
 		}
 		last = m.answers(ctx, time.Second)
 		if last == nil {

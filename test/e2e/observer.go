@@ -117,12 +117,14 @@ type Announcement struct {
 	Lease    int64
 	Revision int64 // etcd's revision of the change
 	Deleted  bool  // the key was deleted (the session ended)
-	// State, Leader, Reason and Time are the announcement's fields: the
-	// agent's state, whether its member led, the reason of its last
-	// decision ("" after a defrag) and the agent's clock when it sent it.
+	// State, Leader, Reason, Agent and Time are the announcement's fields:
+	// the agent's state, whether its member led, the reason of its last
+	// decision ("" after a defrag), the agent's identity (host/PID, see
+	// Agent.Identity) and the agent's clock when it sent it.
 	State  string
 	Leader bool
 	Reason string
+	Agent  string
 	Time   time.Time
 	// Seen is when the observer received the change.
 	Seen time.Time
@@ -158,6 +160,7 @@ type Observer struct {
 	open      map[string]int // member name → index of its running defrag
 	samples   map[string][]Sample
 	anns      []Announcement
+	keyEvents []KeyEvent
 	watchErrs []string
 	changed   chan struct{} // closed and replaced on every change
 }
@@ -455,6 +458,10 @@ func (o *Observer) watch(cli *clientv3.Client, rev int64) {
 			now := time.Now()
 			for _, ev := range wr.Events {
 				rev = max(rev, ev.Kv.ModRevision)
+				o.mu.Lock()
+				o.keyEvents = append(o.keyEvents, KeyEvent{Key: string(ev.Kv.Key), Deleted: ev.Type == mvccpb.DELETE,
+					Revision: ev.Kv.ModRevision, Lease: ev.Kv.Lease, Seen: now})
+				o.mu.Unlock()
 				a, ok := decodeAnnouncement(agents, ev)
 				if !ok {
 					continue
@@ -496,12 +503,13 @@ func decodeAnnouncement(prefix string, ev *clientv3.Event) (Announcement, bool) 
 		State  string    `json:"state"`
 		Leader bool      `json:"leader"`
 		Reason string    `json:"reason"`
+		Agent  string    `json:"agent"`
 		Time   time.Time `json:"time"`
 	}
 	if err := json.Unmarshal(ev.Kv.Value, &v); err != nil {
 		return Announcement{}, false
 	}
-	a.State, a.Leader, a.Reason, a.Time = v.State, v.Leader, v.Reason, v.Time
+	a.State, a.Leader, a.Reason, a.Agent, a.Time = v.State, v.Leader, v.Reason, v.Agent, v.Time
 	return a, true
 }
 

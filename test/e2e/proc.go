@@ -36,6 +36,7 @@ type process struct {
 	env     []string
 	outPath string
 	owner   string // the marker value
+	netns   string // a network namespace to run in (ip netns exec, which execs in place: same PID); "" for the harness's
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -77,6 +78,9 @@ func (p *process) start() error {
 	}
 	defer func() { _ = out.Close() }() // the child has its own copy
 	cmd := exec.Command(p.path, p.args...)
+	if p.netns != "" {
+		cmd = exec.Command("ip", append([]string{"netns", "exec", p.netns, p.path}, p.args...)...)
+	}
 	cmd.Env = cleanEnv(p.owner, p.env)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
