@@ -146,7 +146,7 @@ func Default() Config {
 		AutoDisalarm:          true,
 		DisalarmThreshold:     0.9,
 		Schedule:              "@every 1m",
-		Cooldown:              10 * time.Minute,
+		Cooldown:              time.Minute,
 		DefragTimeout:         10 * time.Minute,
 		LockPrefix:            "/etcd-defrag-agent/",
 		LockTTL:               30 * time.Second,

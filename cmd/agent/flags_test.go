@@ -66,7 +66,7 @@ func TestFlagDefaultsFollowDef(t *testing.T) {
 		"lock-ttl":        "42s",
 		"endpoints":       "[a:1,b:2]",
 		"log.level":       "debug",
-		"cooldown":        "10m0s",
+		"cooldown":        "1m0s",
 		"once":            "false",
 		"config":          "",
 		"password":        "",
