@@ -71,3 +71,24 @@ stress:
 	STRESS_COUNT=$(STRESS_COUNT) test/e2e/stress.sh
 
 .PHONY: e2e stress
+
+## bench: the benchmarks (test/bench) against real etcd processes: builds the agent and etcd (3.6 unless
+## E2E_ETCD_VERSIONS says otherwise), runs them (about 25 minutes) and writes docs/BENCHMARKS.md and
+## docs/bench/ (plots, results.json). Numbers need a quiet machine: BENCH_QUIET_LOAD=0.8 makes the run
+## wait (up to BENCH_QUIET_TIMEOUT, default 2h) until the 1-minute load average stays below 0.8 for a minute.
+## bench-quick runs every benchmark briefly into bin/bench-quick/ (its numbers mean nothing);
+## bench-report renders docs/BENCHMARKS.md again from docs/bench/results.json.
+BENCH_TIMEOUT ?= 60m
+
+bench:
+	$(GO) vet -tags bench ./test/bench/
+	BENCH_COMMAND="make bench" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v ./test/bench/
+
+bench-quick:
+	$(GO) vet -tags bench ./test/bench/
+	BENCH_QUICK=1 BENCH_COMMAND="make bench-quick" $(GO) test -tags bench -count=1 -timeout 20m -v ./test/bench/
+
+bench-report:
+	BENCH_REPORT_ONLY=1 $(GO) test -tags bench -count=1 -run '^$$' ./test/bench/
+
+.PHONY: bench bench-quick bench-report

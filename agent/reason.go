@@ -29,6 +29,12 @@ const (
 	ReasonNoSpaceStuck Reason = "nospace_unrecoverable" // NOSPACE: a member stays above --disalarm-threshold after compaction and defrag
 )
 
+// ReasonHashMismatch ends a cycle whose defrag happened but whose check
+// failed: the member's HashKV differs from a peer's at a common revision.
+// It is a failure (defragmentations_total{result="verify_failed"}), never
+// a skip.
+const ReasonHashMismatch Reason = "hash_mismatch"
+
 // reasons lists every skip reason, so each label value exists from the start.
 var reasons = []Reason{
 	ReasonRuleFalse, ReasonCooldown, ReasonLearner, ReasonDryRun, ReasonNoSpaceElsewhere,

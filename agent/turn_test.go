@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
@@ -391,4 +393,52 @@ func TestUnlockFailureReleasesLock(t *testing.T) {
 	if !renewed {
 		t.Error("the next cycle did not start a new session")
 	}
+}
+
+// TestVerifyHashMismatch: after the defrag, the peer's HashKV differs from
+// the member's (here the peer's answer is altered on its way to the agent;
+// on a real cluster, corruption). The cycle fails with hash_mismatch, counts
+// defragmentations_total{result="verify_failed"}, says so in last/, and
+// the error names both members and their hashes.
+func TestVerifyHashMismatch(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fs := followers(t, c)
+	self := strings.TrimPrefix(fs[0].ClientURL, "http://")
+	var altered atomic.Int64
+	corrupt := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		// The target names the client's first endpoint whatever member a
+		// per-endpoint request goes to; the peer address is the truth.
+		var p grpcpeer.Peer
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+		if r, ok := reply.(*pb.HashKVResponse); ok && err == nil && p.Addr != nil && p.Addr.String() != self {
+			r.Hash++
+			altered.Add(1)
+		}
+		return err
+	}
+	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(corrupt))
+	err := a.RunOnce(t.Context())
+	if got := ReasonOf(err); got != ReasonHashMismatch {
+		t.Fatalf("reason = %q, want %q (err %v)", got, ReasonHashMismatch, err)
+	}
+	if altered.Load() == 0 {
+		t.Fatal("no peer HashKV went through the interceptor: the test did not exercise the check")
+	}
+	if !strings.Contains(err.Error(), fmt.Sprintf("member %x has", fs[0].ID)) {
+		t.Errorf("error %q does not name the member", err)
+	}
+	if got := testutil.ToFloat64(a.metrics.defrags.WithLabelValues(resultVerifyFailed)); got != 1 {
+		t.Errorf("defragmentations_total{verify_failed} = %v, want 1", got)
+	}
+	if got := a.LastReport().Decision; got != DecisionFailed {
+		t.Errorf("decision = %q, want %q", got, DecisionFailed)
+	}
+	rec, found, err := lock.Get[lastRecord](t.Context(), c.ClientT(t), lock.NewKeys(testPrefix).Last(fs[0].ID))
+	if err != nil || !found {
+		t.Fatalf("last record: found %v, err %v", found, err)
+	}
+	if rec.Value.Result != resultVerifyFailed {
+		t.Errorf("last record result = %q, want %q", rec.Value.Result, resultVerifyFailed)
+	}
+	checkEachOnce(t, c.Defrags(), fs[:1])
 }

@@ -1,0 +1,273 @@
+//go:build bench && linux
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
+)
+
+// Environment variables of the suite (see the Makefile's bench targets).
+const (
+	// envQuick runs every benchmark briefly, so that the suite never rots;
+	// its numbers mean nothing.
+	envQuick = "BENCH_QUICK"
+	// envOut is the directory of the report (BENCHMARKS.md) and of its
+	// bench/ directory (plots, results.json). Default: docs for a full
+	// run, bin/bench-quick in quick mode.
+	envOut = "BENCH_OUT"
+	// envCommand is the command line the report names ("make bench").
+	envCommand = "BENCH_COMMAND"
+	// envQuietLoad makes the run wait, up to envQuietTimeout, until the
+	// 1-minute load average has stayed below this value for a minute.
+	envQuietLoad    = "BENCH_QUIET_LOAD"
+	envQuietTimeout = "BENCH_QUIET_TIMEOUT"
+	// envP1 replaces P1's cases: members x MiB x repetitions, comma
+	// separated ("3x100x3,5x1000x1").
+	envP1 = "BENCH_P1"
+	// envReportOnly renders the report again from the results.json of the
+	// output directory, without running anything.
+	envReportOnly = "BENCH_REPORT_ONLY"
+)
+
+// cfg is the suite's configuration, set by TestMain before the tests.
+var cfg config
+
+// results collects what the benchmarks measured; TestMain writes it.
+var results = &Results{}
+
+// config says what the benchmarks run: sizes, durations, repetitions.
+type config struct {
+	quick bool
+	out   string // the report's directory
+
+	p1 []roundCase
+
+	p2Members, p2DataMiB int
+	p2Rate               float64
+	// p2Phase is the length of phase (a); p2Margin the load before and
+	// after the defrags of the other phases.
+	p2Phase, p2Margin time.Duration
+
+	p3Duration  time.Duration
+	p3Quota     int64
+	p3Workloads []p3Workload
+	// p3Cron is the period of P3's fixed schedule, variant (b).
+	p3Cron time.Duration
+
+	p4Idle     time.Duration
+	p4Schedule string
+	p4Scrapes  int
+
+	p5 []nsCase
+}
+
+func fullConfig() config {
+	return config{
+		p1: []roundCase{
+			{3, 100, 3}, {3, 300, 3}, {3, 1000, 1},
+			{5, 100, 3}, {5, 300, 3}, {5, 1000, 1},
+			{7, 300, 2},
+		},
+		p2Members: 3, p2DataMiB: 300, p2Rate: 500, p2Phase: 60 * time.Second, p2Margin: 5 * time.Second,
+		p3Duration: 10 * time.Minute, p3Quota: 64 << 20, p3Cron: 5 * time.Minute,
+		p3Workloads: []p3Workload{{"moderate churn, 2.8 operations/s", 2.8}, {"heavy churn, 3.5 operations/s", 3.5}},
+		p4Idle:      5 * time.Minute, p4Schedule: "@every 1m", p4Scrapes: 1000,
+		p5: []nsCase{{16 << 20, 3}, {256 << 20, 2}},
+	}
+}
+
+func quickConfig() config {
+	return config{
+		quick:     true,
+		p1:        []roundCase{{3, 20, 1}, {5, 20, 1}},
+		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second,
+		// A small quota, so that in 75 s NOSPACE, the fixed schedule and
+		// the agents' defrags all happen.
+		p3Duration: 75 * time.Second, p3Quota: 16 << 20, p3Cron: 30 * time.Second,
+		p3Workloads: []p3Workload{{"moderate churn", 2.8}, {"heavy churn", 3.5}},
+		p4Idle:      15 * time.Second, p4Schedule: "@every 5s", p4Scrapes: 100,
+		p5: []nsCase{{16 << 20, 1}},
+	}
+}
+
+func TestMain(m *testing.M) { os.Exit(benchMain(m)) }
+
+func benchMain(m *testing.M) int {
+	if os.Getenv(e2e.EnvVersions) == "" {
+		_ = os.Setenv(e2e.EnvVersions, "3.6")
+	}
+	cfg = fullConfig()
+	if on, _ := strconv.ParseBool(os.Getenv(envQuick)); on {
+		cfg = quickConfig()
+	}
+	if v := os.Getenv(envP1); v != "" {
+		cases, err := parseRoundCases(v)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", envP1, err)
+			return 2
+		}
+		cfg.p1 = cases
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cfg.out = filepath.Join(root, "docs")
+	if cfg.quick {
+		cfg.out = filepath.Join(root, "bin", "bench-quick")
+	}
+	if o := os.Getenv(envOut); o != "" {
+		cfg.out = o
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.out, "bench"), 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	resultsPath := filepath.Join(cfg.out, "bench", "results.json")
+	if on, _ := strconv.ParseBool(os.Getenv(envReportOnly)); on {
+		r, err := LoadResults(resultsPath)
+		if err == nil {
+			err = WriteReport(cfg.out, r)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
+	}
+
+	waited, err := waitQuiet()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	results.Quick, results.QuietWait = cfg.quick, waited
+	results.Command = os.Getenv(envCommand)
+	if results.Command == "" {
+		results.Command = "go test " + strings.Join(os.Args[1:], " ")
+	}
+	results.Agent = gitDescribe(root)
+	results.Started = time.Now()
+	results.LoadStart, _ = LoadAvg()
+	results.Machine = DescribeMachine(os.TempDir())
+	fmt.Fprintf(os.Stderr, "bench: load %v at the start; machine %+v\n", results.LoadStart, results.Machine)
+
+	code := e2e.Main(m)
+
+	results.Finished = time.Now()
+	results.LoadEnd, _ = LoadAvg()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	if e, err := e2e.EtcdBinary(ctx, etcdLine()); err == nil {
+		results.Etcd = e.Version
+	}
+	cancel()
+	if err := results.Save(resultsPath); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := WriteReport(cfg.out, results); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "bench: report in %s (ran %v, load %v at the end)\n",
+		filepath.Join(cfg.out, "BENCHMARKS.md"), results.Finished.Sub(results.Started).Round(time.Second), results.LoadEnd)
+	return code
+}
+
+// waitQuiet waits, when envQuietLoad is set, until the 1-minute load
+// average has stayed below it for a minute, and returns how long it waited.
+func waitQuiet() (time.Duration, error) {
+	v := os.Getenv(envQuietLoad)
+	if v == "" {
+		return 0, nil
+	}
+	limit, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: %w", envQuietLoad, v, err)
+	}
+	timeout := 2 * time.Hour
+	if s := os.Getenv(envQuietTimeout); s != "" {
+		if timeout, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%s=%q: %w", envQuietTimeout, s, err)
+		}
+	}
+	start := time.Now()
+	var quietSince time.Time
+	for {
+		l, err := LoadAvg()
+		if err != nil {
+			return 0, err
+		}
+		switch {
+		case l[0] >= limit:
+			quietSince = time.Time{}
+		case quietSince.IsZero():
+			quietSince = time.Now()
+		case time.Since(quietSince) >= time.Minute:
+			return time.Since(start), nil
+		}
+		if time.Since(start) > timeout {
+			return 0, fmt.Errorf("the machine was not quiet (1-minute load average below %v for a minute) within %v; last %v", limit, timeout, l)
+		}
+		time.Sleep(5 * time.Second)
+	}
+}
+
+// gitDescribe names the agent's source version.
+func gitDescribe(root string) string {
+	out, err := exec.Command("git", "-C", root, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return "devel"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// track records a failed benchmark in the results, so the report says so,
+// and the load average at its start and end.
+func track(t *testing.T) {
+	noteLoad()
+	t.Cleanup(func() {
+		noteLoad()
+		if t.Failed() {
+			results.Update(func(r *Results) {
+				if r.Failed == nil {
+					r.Failed = map[string]bool{}
+				}
+				r.Failed[t.Name()] = true
+			})
+		}
+	})
+}
+
+// parseRoundCases reads envP1.
+func parseRoundCases(v string) ([]roundCase, error) {
+	var out []roundCase
+	for c := range strings.SplitSeq(v, ",") {
+		var rc roundCase
+		if _, err := fmt.Sscanf(strings.TrimSpace(c), "%dx%dx%d", &rc.members, &rc.dataMiB, &rc.reps); err != nil {
+			return nil, fmt.Errorf("case %q: want membersxMiBxrepetitions: %w", c, err)
+		}
+		out = append(out, rc)
+	}
+	return out, nil
+}
+
+// noteLoad reads the 1-minute load average into the results' maximum. It
+// runs when a benchmark starts and ends and during P3 (a goroutine of its
+// own would be a leak to e2e.Main's check).
+func noteLoad() {
+	if l, err := LoadAvg(); err == nil {
+		results.Update(func(r *Results) { r.LoadMax = max(r.LoadMax, l[0]) })
+	}
+}

@@ -1,0 +1,219 @@
+//go:build bench && linux
+
+package bench
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
+)
+
+// p1ValueSize is the size of the values P1 writes: a mid-sized Kubernetes
+// object.
+const p1ValueSize = 8 << 10
+
+// p1Args are the agents' flags in P1 and P2: one cycle, a rule that fires
+// on the data written (half of it reclaimable) and is evaluated on the
+// members' real sizes like the default rule, and the default lease TTL
+// (the harness's 5 s is for fault scenarios). Everything else is default.
+var p1Args = []string{"--once", "--defrag-rule=fragmentation > 0.25 && dbSizeFree > 4*1024*1024", "--lock-ttl=30s"}
+
+// TestP1RoundOverhead measures the agents' round against the floor:
+// back-to-back Defragment calls on every member, followers then the leader,
+// on the same data. For every cluster size and amount of data, the data is
+// written once (half of it deleted and compacted), the members' data
+// directories are copied, and every run of the floor and of the agents
+// starts from that copy, byte for byte. The agents are started at once
+// with --once, as separate processes; their round is from the first start
+// to the last exit, start-up included. Also the scale series (3, 5, 7
+// members).
+func TestP1RoundOverhead(t *testing.T) {
+	track(t)
+	for _, pc := range cfg.p1 {
+		t.Run(fmt.Sprintf("members=%d/data=%dMiB", pc.members, pc.dataMiB), func(t *testing.T) {
+			rc := runRoundCase(t, pc)
+			results.Update(func(r *Results) { r.Rounds = append(r.Rounds, rc) })
+		})
+	}
+}
+
+// roundCase is one P1 configuration.
+type roundCase struct {
+	members, dataMiB, reps int
+}
+
+func runRoundCase(t *testing.T, pc roundCase) RoundCase {
+	c := newCluster(t, pc.members, 0)
+	ctx := within(t, 20*time.Minute)
+	keys := pc.dataMiB * (1 << 20) / p1ValueSize
+	res, err := c.Fill(ctx, e2e.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5, Compact: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("filled %d MiB in %v", res.Bytes>>20, res.Took.Round(time.Millisecond))
+	snap := t.TempDir()
+	start := time.Now()
+	snapshot(t, c, snap)
+	t.Logf("snapshot of the data directories in %v", time.Since(start).Round(time.Millisecond))
+	du(t, snap)
+	rc := RoundCase{Members: pc.members, DataMiB: pc.dataMiB, AgentArgs: p1Args}
+	lead, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := lead.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.DBSize, rc.DBSizeInUse = st.DbSize, st.DbSizeInUse
+	for rep := range pc.reps {
+		// Every run starts from the copy, so that the floor and the
+		// agents find the same files after the same restart.
+		restore(t, c, snap)
+		var run RoundRun
+		run.Floor, run.FloorDefrags = floor(t, c)
+		restore(t, c, snap)
+		run.Agents, run.AgentsDefrags, run.Profile = agentsRound(t, c)
+		t.Logf("run %d: floor %v, agents %v, ratio %.2f; profile %+v", rep+1, run.Floor.Round(time.Millisecond),
+			run.Agents.Round(time.Millisecond), run.Ratio(), run.Profile)
+		rc.Runs = append(rc.Runs, run)
+	}
+	return rc
+}
+
+// floor defragments every member back to back through its own endpoint,
+// followers first, the leader last, and returns the time from the first
+// request to the last answer and the defrags by the members' logs.
+func floor(t *testing.T, c *e2e.Cluster) (time.Duration, []Interval) {
+	t.Helper()
+	ctx := within(t, 10*time.Minute)
+	lead, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []*e2e.Member
+	for _, m := range c.Members() {
+		if m != lead {
+			order = append(order, m)
+		}
+	}
+	order = append(order, lead)
+	obs := c.Observer()
+	n := len(obs.Defrags())
+	start := time.Now()
+	for _, m := range order {
+		cli, err := m.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Defragment(ctx, m.ClientURL); err != nil {
+			t.Fatalf("defragment %s: %v", m.Name, err)
+		}
+	}
+	took := time.Since(start)
+	if _, err := obs.WaitDefrags(ctx, n+len(order)); err != nil {
+		t.Fatal(err)
+	}
+	return took, intervals(obs.DefragsSince(n), lead.Name)
+}
+
+// agentsRound starts one agent per member at once with --once and returns
+// the time from the first start to the last exit, the defrags by the
+// members' logs and the round's profile. Every agent must exit 0 and every
+// member be defragmented once.
+func agentsRound(t *testing.T, c *e2e.Cluster) (time.Duration, []Interval, RoundProfile) {
+	t.Helper()
+	ctx := within(t, 10*time.Minute)
+	obs := c.Observer()
+	n := len(obs.Defrags())
+	lead := leaderName(ctx, c)
+	start := time.Now()
+	agents := c.StartAgents(t, e2e.AgentOptions{Args: p1Args})
+	exits := make([]time.Time, len(agents))
+	codes := make([]int, len(agents))
+	var wg sync.WaitGroup
+	for i, a := range agents {
+		wg.Go(func() {
+			code, err := a.Wait(ctx)
+			exits[i] = time.Now()
+			if err != nil {
+				code = -2
+			}
+			codes[i] = code
+		})
+	}
+	wg.Wait()
+	end := slices.MaxFunc(exits, func(a, b time.Time) int { return a.Compare(b) })
+	for i, code := range codes {
+		if code != 0 {
+			t.Fatalf("the agent of %s exited %d; see %s", agents[i].Member.Name, code, agents[i].LogPath)
+		}
+	}
+	ds, err := obs.WaitDefrags(ctx, n+len(agents))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds = ds[n:]
+	e2e.CheckEachOnce(t, ds, c.Members())
+	return end.Sub(start), intervals(ds, lead), profileRound(t, start, agents, exits, intervals(ds, lead))
+}
+
+// profileRound splits the round into its parts (see RoundProfile) from the
+// defrag intervals by etcd's log and the agents' log events.
+func profileRound(t *testing.T, start time.Time, agents []*e2e.Agent, exits []time.Time, ds []Interval) RoundProfile {
+	t.Helper()
+	ds = slices.SortedFunc(slices.Values(ds), func(a, b Interval) int { return a.Start.Compare(b.Start) })
+	byMember := map[string][]logEvent{}
+	exitOf := map[string]time.Time{}
+	var p RoundProfile
+	for i, a := range agents {
+		es, err := agentEvents(a.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byMember[a.Member.Name] = es
+		exitOf[a.Member.Name] = exits[i]
+		for _, e := range es {
+			if e.Msg == "cycle" {
+				p.LeaderWait += seconds(e.LeaderWait)
+				p.LockWait += seconds(e.LockWait)
+			}
+		}
+	}
+	event := func(member, msg string) time.Time {
+		at, ok := firstEvent(byMember[member], msg)
+		if !ok {
+			t.Errorf("the agent of %s logged no %q event", member, msg)
+		}
+		return at
+	}
+	first, last := ds[0], ds[len(ds)-1]
+	p.Start = first.Start.Sub(start)
+	p.Exec = event(first.Member, "starting").Sub(start)
+	p.Connect = event(first.Member, "status").Sub(event(first.Member, "starting"))
+	p.Session = event(first.Member, "session started").Sub(event(first.Member, "status"))
+	p.Queue = event(first.Member, "lock taken").Sub(event(first.Member, "session started"))
+	p.Checks = event(first.Member, "defragmenting").Sub(event(first.Member, "lock taken"))
+	p.Dispatch = first.Start.Sub(event(first.Member, "defragmenting"))
+	for i, d := range ds {
+		p.Defrags += d.End.Sub(d.Start)
+		if i == 0 {
+			continue
+		}
+		prev := ds[i-1]
+		p.Handoffs += d.Start.Sub(prev.End)
+		done, locked, defragmenting := event(prev.Member, "defragmented"), event(d.Member, "lock taken"), event(d.Member, "defragmenting")
+		p.Turns = append(p.Turns, Handoff{
+			From: prev.Member, To: d.Member, ToLeader: d.Leader,
+			Verify: done.Sub(prev.End), Release: locked.Sub(done), Checks: defragmenting.Sub(locked), Dispatch: d.Start.Sub(defragmenting),
+		})
+	}
+	p.Tail = slices.MaxFunc(exits, func(a, b time.Time) int { return a.Compare(b) }).Sub(last.End)
+	p.TailVerify = event(last.Member, "defragmented").Sub(last.End)
+	p.Exit = exitOf[last.Member].Sub(event(last.Member, "defragmented"))
+	return p
+}

@@ -1,0 +1,99 @@
+//go:build bench && linux
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
+)
+
+// p5Schedule is the agents' schedule in P5, as in the e2e scenario F5: the
+// time from the alarm includes up to one interval before a cycle sees it.
+const p5Schedule = "@every 1s"
+
+// nsCase is one P5 configuration.
+type nsCase struct {
+	quota int64
+	reps  int
+}
+
+// TestP5NoSpaceRecovery measures what the e2e scenario F5 checks: history
+// (overwrites, nothing compacted) fills the quota until etcd raises
+// NOSPACE; the agents alone (daemons, default rule and flags, checking
+// every second) make the cluster writable again. Recorded: from the alarm
+// to the first successful put, from the first recovery defrag to it, and
+// the recovery's defrags by the members' logs, whose sum is the floor.
+func TestP5NoSpaceRecovery(t *testing.T) {
+	track(t)
+	for _, nc := range cfg.p5 {
+		t.Run(fmt.Sprintf("quota=%dMiB", nc.quota>>20), func(t *testing.T) {
+			res := NoSpaceCase{Quota: nc.quota, Schedule: p5Schedule, Members: 3}
+			for range nc.reps {
+				res.Runs = append(res.Runs, noSpaceRun(t, nc.quota))
+			}
+			results.Update(func(r *Results) { r.NoSpace = append(r.NoSpace, res) })
+		})
+	}
+}
+
+func noSpaceRun(t *testing.T, quota int64) NSRun {
+	c := newCluster(t, 3, quota)
+	obs := c.Observer()
+	cli := c.Client()
+	agents := c.StartAgents(t, e2e.AgentOptions{Args: []string{"--schedule=" + p5Schedule, "--lock-ttl=30s"}})
+	ctx := within(t, 5*time.Minute)
+	for _, a := range agents {
+		if err := a.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every agent joins the NOSPACE queue while the cluster is writable.
+	if err := obs.Wait(ctx, "every agent in the NOSPACE queue", func() bool {
+		resp, err := cli.Get(ctx, c.LockPrefix+"nospace/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == int64(len(agents))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	n := len(obs.Defrags())
+	lead := leaderName(ctx, c)
+	valueSize := int(min(max(quota/256, 64<<10), 1<<20))
+	writes, err := c.FillUntilNoSpace(ctx, "/bench/nospace/", 4, valueSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raised := time.Now()
+	if err := waitWritable(ctx, cli); err != nil {
+		t.Fatal(err)
+	}
+	writable := time.Now()
+	ds := obs.DefragsSince(n)
+	if len(ds) == 0 {
+		t.Fatal("writable again, but no member was defragmented")
+	}
+	run := NSRun{Writable: writable.Sub(raised), FromFirst: writable.Sub(ds[0].Start), Defrags: intervals(ds, lead)}
+	t.Logf("NOSPACE after %d writes of %d KiB; writable %v after the alarm, %v after the first defrag; defrags %v (sum %v)",
+		writes, valueSize>>10, run.Writable.Round(time.Millisecond), run.FromFirst.Round(time.Millisecond), ds, run.DefragSum().Round(time.Millisecond))
+	return run
+}
+
+// waitWritable puts a probe key every 20 ms until a put succeeds (as the
+// e2e scenario F5 does). ctx bounds the wait.
+func waitWritable(ctx context.Context, cli *clientv3.Client) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, putErr := cli.Put(pctx, e2e.HarnessPrefix+"probe", "ok")
+		cancel()
+		if putErr == nil {
+			return nil
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return fmt.Errorf("the cluster is not writable again: %w (last put: %w)", err, putErr)
+		}
+	}
+}
