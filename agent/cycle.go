@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -153,16 +154,8 @@ func (c *cycle) run(ctx context.Context) error {
 		}
 		return c.skip(ReasonPermission, err)
 	}
-	// A voter that is down now will not be up at the health gate either:
-	// say so without queueing, so that the lock does not change hands
-	// every cycle while it is down and the leader's agent, whose followers
-	// decide this way, reports the same reason. The gate under the lock
-	// checks again, with linearizable reads.
-	if err := a.allUp(ctx, voters(c.members)); err != nil {
-		if ctx.Err() != nil {
-			return c.skip(ReasonShutdown, err)
-		}
-		return c.skip(ReasonUnhealthy, err)
+	if err := c.votersUp(ctx); err != nil {
+		return err
 	}
 	if err := a.ensureSession(ctx, st); err != nil {
 		return c.unavailable(ctx, err)
@@ -171,6 +164,38 @@ func (c *cycle) run(ctx context.Context) error {
 		return c.unavailable(ctx, err)
 	}
 	return c.takeTurn(ctx)
+}
+
+// votersUp refuses the turn, before the agent queues, while a voting member
+// is down: it would not be up at the health gate either, and without this
+// the lock changes hands every cycle while it is down and the leader's
+// agent, whose followers decide this way, could not report the same reason.
+// A member with an in-flight defrag record is left out: it defragments, and
+// etcd may not answer its Status until that ends (etcd 3.7 does not while a
+// defrag waits for an open read transaction). The gate under the lock
+// checks again, with linearizable reads.
+func (c *cycle) votersUp(ctx context.Context) error {
+	a := c.a
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	resp, err := a.clusterClient().Get(lctx, a.keys.Defrags(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	cancel()
+	if err != nil {
+		return c.unavailable(ctx, fmt.Errorf("in-flight defrag records: %w", err))
+	}
+	busy := make(map[uint64]bool)
+	for _, kv := range resp.Kvs {
+		if id, ok := a.keys.MemberOf(string(kv.Key)); ok {
+			busy[id] = true
+		}
+	}
+	vs := slices.DeleteFunc(slices.Clone(voters(c.members)), func(m *pb.Member) bool { return busy[m.ID] })
+	if err := a.allUp(ctx, vs); err != nil {
+		if ctx.Err() != nil {
+			return c.skip(ReasonShutdown, err)
+		}
+		return c.skip(ReasonUnhealthy, err)
+	}
+	return nil
 }
 
 // observe exports a status read as gauges.

@@ -18,10 +18,24 @@ const leaderPoll = 2 * time.Second
 type followerState int
 
 const (
-	followerResolved followerState = iota // decided after the leader asked, and is not in a turn
-	followerWaiting                       // its agent is in a turn, or has not decided since the leader asked
-	followerNoAgent                       // no agent announces itself for the member
+	followerResolved  followerState = iota // decided after the leader asked, and is not in a turn
+	followerWaiting                        // its agent is in a turn, or has not decided since the leader asked
+	followerNoAgent                        // no agent announces itself for the member
+	followerUndecided                      // its agents answered since the leader asked, but could not decide (their member did not answer)
 )
+
+// undecided reports whether a cycle that ended with r decided nothing about
+// its member: the member, or etcd, did not answer, or the agent's session
+// ended. A follower whose agent says so may need a defrag a moment later (a
+// member that was just restarted), so the leader's agent waits for it one
+// lock TTL, as for a follower without an agent.
+func undecided(r string) bool {
+	switch Reason(r) {
+	case ReasonUnavailable, ReasonSessionLost, ReasonShutdown:
+		return true
+	}
+	return false
+}
 
 // waitFollowers is the leader's wait: it returns once every voting follower
 // member has had its say. A follower is done when one of its agents has
@@ -31,7 +45,9 @@ const (
 // that run as daemons evaluate their rule as soon as they see the leader's
 // announcement, so all of this takes as long as their turns.
 //
-// A follower member without any agent is waited for one lock TTL (an agent
+// A follower member without any agent, or whose agents answered since the
+// leader asked but could not decide (their member did not answer: a member
+// that is coming back), is waited for one lock TTL (an agent
 // started at the same moment has announced itself by then), then the leader
 // goes on. A follower whose agent is present but not done is waited for until
 // LeaderWaitTimeout; then the cycle gives up (leader_wait_timeout). The wait
@@ -72,7 +88,7 @@ func (c *cycle) waitFollowers(ctx context.Context) error {
 			c.waited = true
 			return nil
 		case len(waiting) == 0 && (now.Sub(c.announcedAt) >= a.cfg.LockTTL || !now.Before(c.leaderDeadline)):
-			c.log.Info("leader goes on: no agent runs beside these followers", "followers", absent)
+			c.log.Info("leader goes on: no agent runs beside these followers, or it could not decide", "followers", absent)
 			c.waited = true
 			return nil
 		case !now.Before(c.leaderDeadline):
@@ -131,6 +147,8 @@ func (c *cycle) followers(ctx context.Context) (waiting, absent []string, rev in
 			waiting = append(waiting, memberName(m))
 		case s == followerNoAgent:
 			absent = append(absent, memberName(m))
+		case s == followerUndecided:
+			absent = append(absent, memberName(m)+": its agent could not decide")
 		}
 	}
 	return waiting, absent, rev, nil
@@ -149,17 +167,24 @@ func (c *cycle) follower(ctx context.Context, id uint64, anns []lock.Announcemen
 		}
 		return followerNoAgent, nil
 	}
-	decided := false
+	decided, unsure := false, false
 	for _, x := range mine {
 		if x.State.Active() {
 			return followerWaiting, nil
 		}
 		if x.Revision > c.announcedRev {
-			decided = true
+			if undecided(x.Reason) {
+				unsure = true
+			} else {
+				decided = true
+			}
 		}
 	}
-	if decided {
+	switch {
+	case decided:
 		return followerResolved, nil
+	case unsure:
+		return followerUndecided, nil
 	}
 	return followerWaiting, nil
 }
