@@ -21,20 +21,25 @@ const (
 	followerResolved  followerState = iota // decided after the leader asked, and is not in a turn
 	followerWaiting                        // its agent is in a turn, or has not decided since the leader asked
 	followerNoAgent                        // no agent announces itself for the member
-	followerUndecided                      // its agents answered since the leader asked, but could not decide (their member did not answer)
+	followerUndecided                      // its agents ended a cycle since the leader asked, held back (see undecided)
 )
 
-// undecided reports whether a cycle that ended with r decided nothing about
-// its member: the member, or etcd, did not answer, or the agent's session
-// ended. A follower whose agent says so may need a defrag a moment later (a
-// member that was just restarted), so the leader's agent waits for it one
-// lock TTL, as for a follower without an agent.
+// undecided reports whether a cycle that ended with r left its member's
+// need open: a defrag was wanted, or could not be ruled out, and something
+// held it back (the member or etcd did not answer, another member was
+// unhealthy or catching up, the session ended...). Such a follower may
+// well try again a moment later — a member that just came back makes the
+// others refuse until it has caught up — so the leader's agent waits for it
+// one lock TTL, as for a follower without an agent, instead of counting the
+// refusal as its say.
 func undecided(r string) bool {
 	switch Reason(r) {
-	case ReasonUnavailable, ReasonSessionLost, ReasonShutdown:
+	case "": // defragmented
+		return false
+	case ReasonShutdown:
 		return true
 	}
-	return false
+	return Reason(r).Blocked()
 }
 
 // waitFollowers is the leader's wait: it returns once every voting follower
@@ -45,9 +50,9 @@ func undecided(r string) bool {
 // that run as daemons evaluate their rule as soon as they see the leader's
 // announcement, so all of this takes as long as their turns.
 //
-// A follower member without any agent, or whose agents answered since the
-// leader asked but could not decide (their member did not answer: a member
-// that is coming back), is waited for one lock TTL (an agent
+// A follower member without any agent, or whose agents ended a cycle since
+// the leader asked but were held back (see undecided), is waited for one
+// lock TTL (an agent
 // started at the same moment has announced itself by then), then the leader
 // goes on. A follower whose agent is present but not done is waited for until
 // LeaderWaitTimeout; then the cycle gives up (leader_wait_timeout). The wait
@@ -88,7 +93,7 @@ func (c *cycle) waitFollowers(ctx context.Context) error {
 			c.waited = true
 			return nil
 		case len(waiting) == 0 && (now.Sub(c.announcedAt) >= a.cfg.LockTTL || !now.Before(c.leaderDeadline)):
-			c.log.Info("leader goes on: no agent runs beside these followers, or it could not decide", "followers", absent)
+			c.log.Info("leader goes on: no agent runs beside these followers, or it was held back", "followers", absent)
 			c.waited = true
 			return nil
 		case !now.Before(c.leaderDeadline):
@@ -148,7 +153,7 @@ func (c *cycle) followers(ctx context.Context) (waiting, absent []string, rev in
 		case s == followerNoAgent:
 			absent = append(absent, memberName(m))
 		case s == followerUndecided:
-			absent = append(absent, memberName(m)+": its agent could not decide")
+			absent = append(absent, memberName(m)+": its agent was held back")
 		}
 	}
 	return waiting, absent, rev, nil

@@ -21,7 +21,9 @@ func TestFollowerState(t *testing.T) {
 	}{
 		{"decided after the leader asked", []lock.Announcement{ann(11, lock.StateIdle, ReasonRuleFalse)}, followerResolved},
 		{"defragmented after the leader asked", []lock.Announcement{ann(12, lock.StateIdle, "")}, followerResolved},
-		{"refused after the leader asked", []lock.Announcement{ann(12, lock.StateIdle, ReasonUnhealthy)}, followerResolved},
+		{"dry run after the leader asked", []lock.Announcement{ann(12, lock.StateIdle, ReasonDryRun)}, followerResolved},
+		{"held back by an unhealthy member", []lock.Announcement{ann(12, lock.StateIdle, ReasonUnhealthy)}, followerUndecided},
+		{"held back by the lock", []lock.Announcement{ann(12, lock.StateIdle, ReasonLockTimeout)}, followerUndecided},
 		{"decided before the leader asked", []lock.Announcement{ann(9, lock.StateIdle, ReasonRuleFalse)}, followerWaiting},
 		{"pending", []lock.Announcement{ann(11, lock.StatePending, "")}, followerWaiting},
 		{"in a turn", []lock.Announcement{ann(11, lock.StateDefragmenting, "")}, followerWaiting},
