@@ -26,6 +26,7 @@ func TestFollowerState(t *testing.T) {
 		{"held back by the lock", []lock.Announcement{ann(12, lock.StateIdle, ReasonLockTimeout)}, followerUndecided},
 		{"decided before the leader asked", []lock.Announcement{ann(9, lock.StateIdle, ReasonRuleFalse)}, followerWaiting},
 		{"pending", []lock.Announcement{ann(11, lock.StatePending, "")}, followerWaiting},
+		{"started after the leader asked, nothing decided", []lock.Announcement{ann(11, lock.StateStarting, "")}, followerWaiting},
 		{"in a turn", []lock.Announcement{ann(11, lock.StateDefragmenting, "")}, followerWaiting},
 		{"its member did not answer", []lock.Announcement{ann(11, lock.StateIdle, ReasonUnavailable)}, followerUndecided},
 		{"its session ended", []lock.Announcement{ann(11, lock.StateIdle, ReasonSessionLost)}, followerUndecided},

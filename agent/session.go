@@ -32,7 +32,7 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) error {
 	a.session, a.nospace = sess, nil
 	a.mu.Unlock()
 	if _, err := lock.Announce(gctx, sess, a.keys, st.ID, lock.Announcement{
-		State: lock.StateIdle, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
+		State: lock.StateStarting, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
 	}); err != nil {
 		return err
 	}

@@ -17,8 +17,12 @@ type State string
 
 // The states an agent announces.
 const (
-	// StateIdle: not asking for a turn. Written at start and at the end of
-	// every cycle, whatever it decided.
+	// StateStarting: a new session; the agent has not decided anything yet
+	// (its cycle goes on at once). Active: the leader's agent waits for its
+	// decision as for a turn.
+	StateStarting State = "starting"
+	// StateIdle: not asking for a turn. Written at the end of every cycle,
+	// whatever it decided.
 	StateIdle State = "idle"
 	// StatePending: its member needs a defrag; it is waiting for its turn.
 	StatePending State = "pending"

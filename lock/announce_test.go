@@ -238,6 +238,7 @@ func TestStateActive(t *testing.T) {
 	}{
 		{"", false},
 		{lock.StateIdle, false},
+		{lock.StateStarting, true},
 		{lock.StatePending, true},
 		{lock.StateLocked, true},
 		{lock.StateDefragmenting, true},

@@ -104,16 +104,35 @@ func (s *Session) Remaining(ctx context.Context) (time.Duration, error) {
 
 // Refresh renews the lease once, now, and returns the TTL etcd granted. It is
 // used right before an action that must not outlive the lease.
+//
+// With etcd auth, a token is known to a member only once it has applied the
+// authentication, and the client does not renew its token for this stream
+// request: a member that lags a moment answers "invalid auth token". That
+// is retried, a few times, until ctx ends.
 func (s *Session) Refresh(ctx context.Context) (time.Duration, error) {
-	resp, err := s.client.KeepAliveOnce(ctx, s.Lease())
-	if err != nil {
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	for attempt := 1; ; attempt++ {
+		resp, err := s.client.KeepAliveOnce(ctx, s.Lease())
+		switch {
+		case err == nil:
+			return time.Duration(resp.TTL) * time.Second, nil
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return 0, ErrSessionExpired
+		case errors.Is(err, rpctypes.ErrInvalidAuthToken) && attempt < refreshAttempts:
+			select {
+			case <-time.After(refreshRetryInterval):
+				continue
+			case <-ctx.Done():
+			}
 		}
 		return 0, fmt.Errorf("renew lease %x: %w", int64(s.Lease()), err)
 	}
-	return time.Duration(resp.TTL) * time.Second, nil
 }
+
+// Retries of Refresh on an auth token a member does not know yet.
+const (
+	refreshAttempts      = 5
+	refreshRetryInterval = 100 * time.Millisecond
+)
 
 // Close stops the keep-alives and revokes the lease, which deletes every key
 // bound to it. ctx bounds the revoke; if it fails the lease expires on its own

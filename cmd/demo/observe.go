@@ -201,6 +201,8 @@ func (o *observer) announced(at time.Time, lease int64, a lock.Announcement) {
 		return // a refresh
 	}
 	switch a.State {
+	case lock.StateStarting:
+		o.n.say(at, "keys", "%s is up: session lease %x, announces itself", who, lease)
 	case lock.StateIdle:
 		switch {
 		case !seen:
