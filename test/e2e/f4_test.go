@@ -36,7 +36,7 @@ const f4PartitionWait = 2 * time.Minute
 // every agent ends at least two cycles meanwhile (the connected agents
 // announce them in etcd; the cut-off agent's session ends in etcd and its
 // cycle counter grows). After healing the round completes, one at a time
-// (the observer), each member once, the leader last, no data changed.
+// (the observer), each member once, no leader turn while a follower's agent is pending (I3, from the announcements), no data changed.
 //
 // The agents are queued first (the harness holds their lock, so each has
 // asked for a turn when the partition begins), as in a round that is cut in
@@ -187,9 +187,13 @@ func f4(t *testing.T, line string, cutLeader bool) {
 		t.Fatal(err)
 	}
 	CheckEachOnce(t, obs.DefragsSince(n), c.Members())
-	if !obs.CheckLeaderLast(t, ds) {
-		t.Logf("leader-last not judged by the round's order: no defrag of a member that led at its start (the announcement check at cleanup still judges)")
-	}
+	// Leader last (I3) is judged at cleanup from the announcements: the
+	// leader's agent must not take its turn while a follower's agent is
+	// pending or in a turn. The round's order is not judged here: during
+	// the partition every follower's agent was refused (unhealthy_member),
+	// and the leader's agent waits one lock TTL for a refused follower, not
+	// until the heal; when the heal comes later, the leader's turn may come
+	// before a follower that was refused and asks again afterwards.
 	if err := c.WaitNoKeys(ctx, c.LockPrefix+"defrag/"); err != nil {
 		t.Error(err)
 	}
