@@ -311,8 +311,21 @@ func (c *cycle) record(ctx context.Context, m *lock.Mutex, key string, recRev in
 		var ok bool
 		ok, err = lock.PutIfUnchanged(ctx, a.clusterClient(), key, recRev, put, clientv3.OpDelete(key))
 		if err == nil && !ok {
-			c.log.Warn("another agent settled this member's in-flight record; last-defrag record not written")
-			return
+			// The next lock holder settled the record once the member
+			// answered. The defrag still happened: record it, unless a
+			// record newer than this defrag is there already.
+			older := clientv3.Compare(clientv3.ModRevision(a.keys.Last(c.st.ID)), "<", recRev)
+			resp, terr := a.clusterClient().Txn(ctx).If(older).Then(put).Commit()
+			switch {
+			case terr != nil:
+				err = terr
+			case !resp.Succeeded:
+				c.log.Warn("another agent settled this member's in-flight record and a newer last-defrag record exists; not overwritten")
+				return
+			default:
+				c.log.Info("another agent settled this member's in-flight record; last-defrag record written")
+				return
+			}
 		}
 	}
 	if err != nil && isNoSpace(err) {

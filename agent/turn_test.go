@@ -326,6 +326,12 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 	if err := <-adone; err != nil {
 		t.Fatalf("agent that lost its lease: %v", err)
 	}
+	// Whoever removed the in-flight record, the first defrag is recorded:
+	// its cooldown must hold.
+	rec, found, err := lock.Get[lastRecord](t.Context(), c.ClientT(t), lock.NewKeys(testPrefix).Last(fs[0].ID))
+	if err != nil || !found || rec.Value.Result != resultSuccess {
+		t.Errorf("last record of the member whose agent lost its lease: found %v, err %v, %+v", found, err, rec.Value)
+	}
 	ds := c.Defrags()
 	checkEachOnce(t, ds, fs)
 	checkOneAtATime(t, ds)

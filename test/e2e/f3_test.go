@@ -81,18 +81,23 @@ func testF3(t *testing.T, line string, stop bool) {
 		}
 		t.Logf("leader %s SIGSTOPped with every agent pending; %s elected; %s continued", old.Name, lead.Name, old.Name)
 	} else {
-		q, err := c.LockQueue(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, w := range q[1:] { // q[0] is the harness's hold
-			if m := memberOfLease(c, obs, w.Lease); m != nil && m != old {
-				lead = m
-				break
+		// An agent announces "pending" before it puts its key in the
+		// lock queue: wait for a follower's key.
+		var q []LockWaiter
+		if err := obs.Wait(ctx, "a follower's agent in the lock queue", func() bool {
+			var err error
+			if q, err = c.LockQueue(ctx); err != nil || len(q) == 0 {
+				return false
 			}
-		}
-		if lead == nil {
-			t.Fatalf("no follower's agent in the lock queue %v", q)
+			for _, w := range q[1:] { // q[0] is the harness's hold
+				if m := memberOfLease(c, obs, w.Lease); m != nil && m != old {
+					lead = m
+					return true
+				}
+			}
+			return false
+		}); err != nil {
+			t.Fatalf("%v: the lock queue %v", err, q)
 		}
 		if err := c.MoveLeader(ctx, lead); err != nil {
 			t.Fatal(err)

@@ -54,18 +54,21 @@ func testF8(t *testing.T, line string, kill bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q, err := c.LockQueue(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// An agent announces "pending" before it puts its key in the lock
+	// queue: wait until the first key after the harness's is an agent's.
+	var q []LockWaiter
 	var head *Member // the follower whose agent is next after the harness
-	for _, w := range q[1:] {
-		if m := memberOfLease(c, obs, w.Lease); m != nil {
-			head = m
-			break
+	if err := obs.Wait(ctx, "an agent's key next in the lock queue", func() bool {
+		var err error
+		if q, err = c.LockQueue(ctx); err != nil || len(q) < 2 {
+			return false
 		}
+		head = memberOfLease(c, obs, q[1].Lease)
+		return head != nil
+	}); err != nil {
+		t.Fatalf("%v: the lock queue %v", err, q)
 	}
-	if head == nil || head == lead {
+	if head == lead {
 		t.Fatalf("the lock queue %v does not start with a follower's agent after the harness", q)
 	}
 
