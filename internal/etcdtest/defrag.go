@@ -5,80 +5,27 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"time"
 
 	"go.uber.org/zap/zapcore"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
 )
 
-// The log messages that delimit a defragmentation, as etcd v3.6 writes them.
+// The log messages that delimit a defragmentation.
 const (
-	// msgDefragStart is logged by the backend (storage/backend/backend.go)
-	// once it holds the batch-tx, database and read-tx locks: from here on
-	// the member serves no reads or writes.
-	msgDefragStart = "defragmenting"
-	// msgDefragEnd is logged by the backend just before it releases those
-	// locks.
-	msgDefragEnd = "finished defragmenting directory"
-	// msgDefragFailed is logged by the maintenance server
-	// (etcdserver/api/v3rpc/maintenance.go) when Defragment returns an
-	// error; the backend has released its locks by then.
-	msgDefragFailed = "failed to defragment"
+	msgDefragStart  = defrag.MsgStart
+	msgDefragEnd    = defrag.MsgEnd
+	msgDefragFailed = defrag.MsgFailed
 )
 
 // Defrag is one defragmentation of one member, as the member itself logged
-// it: from the moment its backend held the locks that block reads and writes
-// until just before it released them.
-type Defrag struct {
-	Member   string    // member name
-	MemberID uint64    // member ID
-	Start    time.Time // timestamp of the "defragmenting" log entry
-	End      time.Time // timestamp of the "finished defragmenting directory" (or "failed to defragment") entry; zero while running
-	Err      string    // the error of a failed defragmentation; empty on success and while running
-}
-
-// Running reports whether the defragmentation had not finished when d was
-// taken.
-func (d Defrag) Running() bool { return d.End.IsZero() }
-
-// Duration returns End-Start, or 0 while the defragmentation runs.
-func (d Defrag) Duration() time.Duration {
-	if d.Running() {
-		return 0
-	}
-	return d.End.Sub(d.Start)
-}
-
-// String formats d for test failure messages.
-func (d Defrag) String() string {
-	end := "running"
-	if !d.Running() {
-		end = d.End.Format("15:04:05.000000")
-	}
-	s := fmt.Sprintf("%s(%x) %s..%s", d.Member, d.MemberID, d.Start.Format("15:04:05.000000"), end)
-	if d.Err != "" {
-		s += " err=" + d.Err
-	}
-	return s
-}
+// it (see package internal/defrag).
+type Defrag = defrag.Defrag
 
 // Overlaps returns every pair of defragmentations in ds whose intervals
-// overlap in time, each pair ordered by Start. A running defragmentation
-// (zero End) is treated as open-ended. Intervals that only touch do not
-// overlap. An empty result means invariant I1 held for ds.
-func Overlaps(ds []Defrag) [][2]Defrag {
-	sorted := slices.Clone(ds)
-	slices.SortStableFunc(sorted, func(a, b Defrag) int { return a.Start.Compare(b.Start) })
-	var out [][2]Defrag
-	for i, a := range sorted {
-		for _, b := range sorted[i+1:] {
-			// b.Start >= a.Start; they overlap if b starts before a ends.
-			if a.Running() || b.Start.Before(a.End) {
-				out = append(out, [2]Defrag{a, b})
-			}
-		}
-	}
-	return out
-}
+// overlap in time (see defrag.Overlaps). An empty result means invariant
+// I1 held for ds.
+func Overlaps(ds []Defrag) [][2]Defrag { return defrag.Overlaps(ds) }
 
 // recorder collects the defragmentations of every member of one cluster
 // from the members' log entries.

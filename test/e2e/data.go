@@ -17,6 +17,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
 )
 
 // DefaultFillPrefix is where Fill writes by default.
@@ -94,7 +96,7 @@ func (c *Cluster) Fill(ctx context.Context, opts FillOptions) (FillResult, error
 		mu.Unlock()
 		return nil
 	}
-	if err := inBatches(ctx, opts.Concurrency, opts.Keys, perTxn, put); err != nil {
+	if err := defrag.InBatches(ctx, opts.Concurrency, opts.Keys, perTxn, put); err != nil {
 		return res, fmt.Errorf("fill: %w", err)
 	}
 	res.Keys = opts.Keys
@@ -116,35 +118,6 @@ func (c *Cluster) Fill(ctx context.Context, opts FillOptions) (FillResult, error
 	}
 	res.Took = time.Since(start)
 	return res, nil
-}
-
-// inBatches calls do for [0,n) cut into batches of size, with up to workers
-// calls at a time. The first error cancels the rest and is returned.
-func inBatches(ctx context.Context, workers, n, size int, do func(ctx context.Context, lo, hi int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	batches := make(chan [2]int)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for b := range batches {
-				if err := do(ctx, b[0], b[1]); err != nil {
-					cancel(err)
-				}
-			}
-		})
-	}
-feed:
-	for lo := 0; lo < n; lo += size {
-		select {
-		case batches <- [2]int{lo, min(lo+size, n)}:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(batches)
-	wg.Wait()
-	return context.Cause(ctx) // nil if every batch succeeded
 }
 
 // Compact compacts the cluster to rev and waits until every running member

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
 )
 
 // Overlaps returns every I1 violation seen so far: pairs of members whose
@@ -38,17 +40,7 @@ func (o *Observer) Overlaps() []string {
 // logOverlaps returns the pairs of intervals of different members that
 // overlap, each pair ordered by start.
 func logOverlaps(ds []Defrag) [][2]Defrag {
-	sorted := slices.Clone(ds)
-	slices.SortStableFunc(sorted, func(a, b Defrag) int { return a.Start.Compare(b.Start) })
-	var out [][2]Defrag
-	for i, a := range sorted {
-		for _, b := range sorted[i+1:] {
-			if a.Member != b.Member && (a.Running() || b.Start.Before(a.End)) {
-				out = append(out, [2]Defrag{a, b})
-			}
-		}
-	}
-	return out
+	return slices.DeleteFunc(defrag.Overlaps(ds), func(p [2]Defrag) bool { return p[0].Member == p[1].Member })
 }
 
 // window is a span of time during which a member's gauge was certainly 1.

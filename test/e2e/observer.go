@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
 )
 
 // Sampling of the members' metrics.
@@ -42,61 +44,19 @@ const (
 )
 
 // The log messages of etcd's own account of a defragmentation, in every
-// line from 3.4 to 3.7 (mvcc/backend/backend.go in 3.4 and 3.5,
-// storage/backend/backend.go in 3.6 and 3.7; etcdserver/api/v3rpc/maintenance.go).
+// line from 3.4 to 3.7.
 const (
-	// msgDefragStart is logged by the backend once it holds the batch-tx,
-	// database and read-tx locks: from here on the member serves no reads or
-	// writes.
-	msgDefragStart = "defragmenting"
-	// msgDefragEnd (3.5+) and msgDefragEnd34 (3.4) are logged by the backend
-	// just before it releases those locks.
-	msgDefragEnd   = "finished defragmenting directory"
-	msgDefragEnd34 = "defragmented"
-	// msgDefragFailed is logged by the maintenance server when Defragment
-	// returns an error; the backend has released its locks by then.
-	msgDefragFailed = "failed to defragment"
+	msgDefragStart  = defrag.MsgStart
+	msgDefragEnd    = defrag.MsgEnd
+	msgDefragEnd34  = defrag.MsgEnd34
+	msgDefragFailed = defrag.MsgFailed
 )
 
 // Defrag is one defragmentation of one member, as the member logged it:
 // from its "defragmenting" line until its "finished defragmenting directory"
 // ("defragmented" on 3.4) or "failed to defragment" line. If the member's
 // process exited first, End is the time the harness saw it exit.
-type Defrag struct {
-	Member   string    // member name
-	MemberID uint64    // member ID
-	Start    time.Time // timestamp of the start line
-	End      time.Time // timestamp of the end line; zero while running
-	Err      string    // why it ended without success; empty on success and while running
-}
-
-// Running reports whether the defragmentation had not ended when d was
-// taken.
-func (d Defrag) Running() bool { return d.End.IsZero() }
-
-// Duration returns End-Start, or 0 while running.
-func (d Defrag) Duration() time.Duration {
-	if d.Running() {
-		return 0
-	}
-	return d.End.Sub(d.Start)
-}
-
-// String formats d for messages.
-func (d Defrag) String() string {
-	end := "running"
-	if !d.Running() {
-		end = d.End.Format("15:04:05.000000")
-	}
-	s := fmt.Sprintf("%s(%x) %s..%s", d.Member, d.MemberID, d.Start.Format("15:04:05.000000"), end)
-	if !d.Running() {
-		s += fmt.Sprintf(" (%v)", d.Duration().Round(time.Millisecond))
-	}
-	if d.Err != "" {
-		s += " err=" + d.Err
-	}
-	return s
-}
+type Defrag = defrag.Defrag
 
 // Sample is one scrape of a member's metrics.
 type Sample struct {
