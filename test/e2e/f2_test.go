@@ -40,18 +40,9 @@ func TestF2MemberDownDuringRound(t *testing.T) {
 }
 
 func testF2(t *testing.T, line string, stop bool) {
-	c := NewCluster(t, ClusterOptions{Line: line})
-	obs := c.Observer()
-	ctx := within(t, 3*time.Minute)
-	smallData(t, c)
-	before := obs.Data(t)
-	lead, err := c.Leader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, obs, ctx, before, lead, n := newRoundCluster(t, line)
 	victim := others(c.Members(), lead)[0]
 	live := others(c.Members(), victim)
-	n := len(obs.Defrags())
 
 	hold, err := c.HoldLock(ctx, t, victim)
 	if err != nil {

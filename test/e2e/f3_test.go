@@ -35,16 +35,7 @@ func TestF3LeaderChangesMidRound(t *testing.T) {
 }
 
 func testF3(t *testing.T, line string, stop bool) {
-	c := NewCluster(t, ClusterOptions{Line: line})
-	obs := c.Observer()
-	ctx := within(t, 3*time.Minute)
-	smallData(t, c)
-	before := obs.Data(t)
-	old, err := c.Leader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := len(obs.Defrags())
+	c, obs, ctx, before, old, n := newRoundCluster(t, line)
 
 	var avoid []*Member
 	args := turnArgs

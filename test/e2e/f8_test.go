@@ -34,16 +34,7 @@ func TestF8AgentsRestarted(t *testing.T) {
 }
 
 func testF8(t *testing.T, line string, kill bool) {
-	c := NewCluster(t, ClusterOptions{Line: line})
-	obs := c.Observer()
-	ctx := within(t, 3*time.Minute)
-	smallData(t, c)
-	before := obs.Data(t)
-	lead, err := c.Leader(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := len(obs.Defrags())
+	c, obs, ctx, before, lead, n := newRoundCluster(t, line)
 
 	hold, err := c.HoldLock(ctx, t)
 	if err != nil {

@@ -47,6 +47,23 @@ func smallData(t testing.TB, c *Cluster) {
 	}
 }
 
+// newRoundCluster starts the cluster of a round scenario: a cluster of the
+// line with small user data, its data digest before the round (I4), its
+// leader, and the number of defrags logged so far (the round's come after).
+func newRoundCluster(t *testing.T, line string) (c *Cluster, obs *Observer, ctx context.Context, before Data, lead *Member, n int) {
+	t.Helper()
+	c = NewCluster(t, ClusterOptions{Line: line})
+	obs = c.Observer()
+	ctx = within(t, 3*time.Minute)
+	smallData(t, c)
+	before = obs.Data(t)
+	lead, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, obs, ctx, before, lead, len(obs.Defrags())
+}
+
 // agentOf returns the first agent in agents running beside m.
 func agentOf(t testing.TB, agents []*Agent, m *Member) *Agent {
 	t.Helper()
