@@ -240,7 +240,10 @@ func (c *cycle) evaluate(st memberStatus, last *lastRecord) (bool, error) {
 	if last != nil && !last.LastSuccess.IsZero() {
 		since = c.a.now().Sub(last.LastSuccess)
 	}
-	vars := rule.NewVars(st.DBSize, st.DBSizeInUse, st.Quota, st.isLeader(), len(voters(c.members)), since)
+	vars := rule.NewVars(rule.Readings{
+		DBSize: st.DBSize, DBSizeInUse: st.DBSizeInUse, DBQuota: st.Quota, IsLeader: st.isLeader(),
+		Members: len(voters(c.members)), SinceLastDefrag: since, DiskFree: -1,
+	})
 	fire, err := c.a.cfg.Rule.Eval(vars)
 	switch {
 	case err != nil:

@@ -83,6 +83,19 @@ type Config struct {
 	// DefragTimeout bounds a defragmentation, until the member answers a
 	// read again.
 	DefragTimeout time.Duration `koanf:"defrag-timeout"`
+	// MaxDefragDuration refuses a defragmentation whose forecast duration
+	// (from this member's recorded defrags) exceeds it, so that etcd's
+	// liveness probe does not kill the member mid-defrag; 0 disables the
+	// guard. It must not exceed DefragTimeout.
+	MaxDefragDuration time.Duration `koanf:"max-defrag-duration"`
+	// DataDir is etcd's data directory as the agent sees it (mounted
+	// read-only into a sidecar). When set, the agent measures the free space
+	// of its filesystem before each defragmentation; "" disables the guard.
+	DataDir string `koanf:"data-dir"`
+	// DiskHeadroom is the share of the in-use size that must be free on
+	// DataDir's filesystem on top of the in-use size itself, for etcd's
+	// copy of the database (db.tmp) and what etcd writes meanwhile: in [0, 1].
+	DiskHeadroom float64 `koanf:"disk-headroom"`
 	// LockPrefix is the etcd key prefix of the agents' keys; Load makes it
 	// end with "/".
 	LockPrefix string `koanf:"lock-prefix"`
@@ -148,6 +161,7 @@ func Default() Config {
 		Schedule:              "@every 1m",
 		Cooldown:              time.Minute,
 		DefragTimeout:         10 * time.Minute,
+		DiskHeadroom:          0.2,
 		LockPrefix:            "/etcd-defrag-agent/",
 		LockTTL:               30 * time.Second,
 		LockTimeout:           10 * time.Minute,

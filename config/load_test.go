@@ -153,6 +153,21 @@ func TestLoadInvalid(t *testing.T) {
 		{name: "negative cooldown", file: "testdata/invalid-cooldown-negative.yml", want: []string{
 			`config file testdata/invalid-cooldown-negative.yml: key "cooldown": must not be negative, got -5s (0 disables the cooldown)`,
 		}},
+		{name: "data-dir a file", file: "testdata/invalid-data-dir-file.yml", want: []string{
+			`config file testdata/invalid-data-dir-file.yml: key "data-dir": cannot use testdata/password: not a directory (want etcd's data directory)`,
+		}},
+		{name: "data-dir missing", file: "testdata/invalid-data-dir-missing.yml", want: []string{
+			`config file testdata/invalid-data-dir-missing.yml: key "data-dir": cannot use testdata/no-such-dir: no such file or directory`,
+		}},
+		{name: "disk-headroom absurd", file: "testdata/invalid-disk-headroom.yml", want: []string{
+			`config file testdata/invalid-disk-headroom.yml: key "disk-headroom": must be in [0, 1], got 50 (a fraction of the in-use size)`,
+		}},
+		{name: "max-defrag-duration negative", file: "testdata/invalid-max-defrag-duration-negative.yml", want: []string{
+			`config file testdata/invalid-max-defrag-duration-negative.yml: key "max-defrag-duration": must not be negative, got -1s (0 disables the guard)`,
+		}},
+		{name: "max-defrag-duration beyond defrag-timeout", file: "testdata/invalid-max-defrag-duration-long.yml", want: []string{
+			`config file testdata/invalid-max-defrag-duration-long.yml: key "max-defrag-duration": 2m0s is longer than defrag-timeout 1m0s: the agent stops waiting for a defragmentation after defrag-timeout`,
+		}},
 		{name: "lock-ttl fractional", file: "testdata/invalid-lock-ttl-fractional.yml", want: []string{
 			`config file testdata/invalid-lock-ttl-fractional.yml: key "lock-ttl": must be a whole number of seconds, got 7.5s (it becomes an etcd lease TTL)`,
 		}},

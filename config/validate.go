@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
@@ -87,6 +88,20 @@ func (c Config) Validate() error {
 		if d.d <= 0 {
 			bad(d.key, "must be positive, got %v", d.d)
 		}
+	}
+	switch {
+	case c.MaxDefragDuration < 0:
+		bad("max-defrag-duration", "must not be negative, got %v (0 disables the guard)", c.MaxDefragDuration)
+	case c.DefragTimeout > 0 && c.MaxDefragDuration > c.DefragTimeout:
+		bad("max-defrag-duration", "%v is longer than defrag-timeout %v: the agent stops waiting for a defragmentation after defrag-timeout", c.MaxDefragDuration, c.DefragTimeout)
+	}
+	if c.DataDir != "" {
+		if err := checkDir(c.DataDir); err != nil {
+			bad("data-dir", "%v", err)
+		}
+	}
+	if !(c.DiskHeadroom >= 0 && c.DiskHeadroom <= 1) {
+		bad("disk-headroom", "must be in [0, 1], got %v (a fraction of the in-use size)", c.DiskHeadroom)
 	}
 	if c.Cooldown < 0 {
 		bad("cooldown", "must not be negative, got %v (0 disables the cooldown)", c.Cooldown)
@@ -239,6 +254,22 @@ func checkReadable(path string) error {
 		return fmt.Errorf("cannot read %s: %w", path, pathErr(err))
 	}
 	return f.Close()
+}
+
+// checkDir checks that path is a directory whose filesystem this process can
+// measure (statfs), as the free-disk guard does before each defragmentation.
+func checkDir(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("cannot use %s: %w", path, pathErr(err))
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("cannot use %s: not a directory (want etcd's data directory)", path)
+	}
+	if _, err := diskstat.Free(path); err != nil {
+		return fmt.Errorf("cannot use %s: %w", path, err)
+	}
+	return nil
 }
 
 // pathErr returns the reason of a *fs.PathError without the repeated path.

@@ -5,8 +5,8 @@
 //
 // The variable names and meanings of the etcd-defrag CLI (dbSize,
 // dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage) are kept, so its rules
-// carry over unchanged; this package adds fragmentation, isLeader, members
-// and sinceLastDefrag. All numbers are float64, and integer literals mix
+// carry over unchanged; this package adds fragmentation, isLeader, members,
+// sinceLastDefrag, expectedDefragSeconds and diskFree. All numbers are float64, and integer literals mix
 // with them freely: 200*1024*1024 compares exactly. Division with / is
 // always floating-point division.
 //
@@ -20,7 +20,7 @@
 // expr time builtins are disabled (now reads the clock; date and timezone
 // can read the time zone database; duration goes with them), so a rule
 // cannot depend on the time of day; time enters only through
-// sinceLastDefrag, which the caller computes. There is no I/O and no
+// sinceLastDefrag and expectedDefragSeconds, which the caller computes. There is no I/O and no
 // package-level state.
 //
 // The package imports nothing of the project.

@@ -16,7 +16,7 @@ func ExampleCompile() {
 
 	// A 1.5 GiB file with 300 MiB free, 2 GiB quota, a follower in a
 	// three-member cluster, last defragmented six hours ago.
-	v := rule.NewVars(1536<<20, 1236<<20, 2<<30, false, 3, 6*time.Hour)
+	v := rule.NewVars(rule.Readings{DBSize: 1536 << 20, DBSizeInUse: 1236 << 20, DBQuota: 2 << 30, Members: 3, SinceLastDefrag: 6 * time.Hour})
 	fire, err := r.Eval(v)
 	if err != nil {
 		fmt.Println(err)
@@ -29,7 +29,7 @@ func ExampleCompile() {
 
 	// Output:
 	// dbQuotaUsage > 0.8 || dbSizeFree > 200*1024*1024: true
-	// rule "dbsize > 1": unknown name dbsize (1:1); did you mean dbSize? (variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag)
+	// rule "dbsize > 1": unknown name dbsize (1:1); did you mean dbSize? (variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree)
 }
 
 func ExampleRule_Eval() {
@@ -42,11 +42,11 @@ func ExampleRule_Eval() {
 	never := time.Duration(-1)
 
 	// Near the 2 GiB quota, and a defragmentation would give back 500 MiB.
-	fire, _ := r.Eval(rule.NewVars(1900*mib, 1400*mib, 2048*mib, false, 3, never))
+	fire, _ := r.Eval(rule.NewVars(rule.Readings{DBSize: 1900 * mib, DBSizeInUse: 1400 * mib, DBQuota: 2048 * mib, Members: 3, SinceLastDefrag: never}))
 	fmt.Println(fire)
 
 	// Just as full, but right after a defragmentation: nothing to reclaim.
-	fire, _ = r.Eval(rule.NewVars(1900*mib, 1900*mib-64<<10, 2048*mib, false, 3, time.Minute))
+	fire, _ = r.Eval(rule.NewVars(rule.Readings{DBSize: 1900 * mib, DBSizeInUse: 1900*mib - 64<<10, DBQuota: 2048 * mib, Members: 3, SinceLastDefrag: time.Minute}))
 	fmt.Println(fire)
 
 	// Output:

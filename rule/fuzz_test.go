@@ -3,6 +3,7 @@ package rule
 import (
 	"math"
 	"testing"
+	"time"
 )
 
 // FuzzCompile compiles arbitrary text and evaluates whatever compiles
@@ -15,7 +16,7 @@ func FuzzCompile(f *testing.F) {
 		member(0, 0, 0),
 		member(2*gib, 1*gib, 2*gib),
 		member(8*gib, 8*gib+4*kib, 8*gib),
-		NewVars(100*mib, 10*mib, 2*gib, true, 5, 0),
+		NewVars(Readings{DBSize: 100 * mib, DBSizeInUse: 10 * mib, DBQuota: 2 * gib, IsLeader: true, Members: 5, ExpectedDefrag: time.Minute, DiskFree: gib}),
 		{DBSize: math.MaxFloat64, DBQuota: math.SmallestNonzeroFloat64, DBQuotaUsage: math.Inf(1), Fragmentation: math.NaN(), Members: -1, SinceLastDefrag: math.Inf(1)},
 	}
 	f.Fuzz(func(t *testing.T, src string) {

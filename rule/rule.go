@@ -62,6 +62,31 @@ type Vars struct {
 	// SinceLastDefrag is the number of seconds since this member's last
 	// successful defragmentation by an agent, or +Inf if there was none.
 	SinceLastDefrag float64 `expr:"sinceLastDefrag"`
+	// ExpectedDefragSeconds is the forecast duration of a defragmentation
+	// of the member now: dbSizeInUse over the copy rate of its recorded
+	// defragmentations (a conservative default before the first).
+	ExpectedDefragSeconds float64 `expr:"expectedDefragSeconds"`
+	// DiskFree is the free space in bytes of the filesystem holding the
+	// member's data directory, or -1 when it is not measured (no
+	// --data-dir).
+	DiskFree float64 `expr:"diskFree"`
+}
+
+// Readings are what the agent knows of a member, the raw inputs of
+// [NewVars].
+type Readings struct {
+	DBSize, DBSizeInUse, DBQuota int64
+	IsLeader                     bool
+	// Members is the number of voting members.
+	Members int
+	// SinceLastDefrag is the time since the last successful defragmentation;
+	// negative when there was none.
+	SinceLastDefrag time.Duration
+	// ExpectedDefrag is the forecast duration of a defragmentation now.
+	ExpectedDefrag time.Duration
+	// DiskFree is the free space of the data directory's filesystem in
+	// bytes; negative when it is not measured.
+	DiskFree int64
 }
 
 // NewVars returns the Vars for one member and derives dbSizeFree,
@@ -70,25 +95,31 @@ type Vars struct {
 // A negative free size (in use larger than the file, seen transiently) is
 // clamped to 0. A dbQuota of 0 or less gives a dbQuotaUsage of 0, so a
 // quota-based rule does not fire on an unknown quota. A negative
-// sinceLastDefrag means the member was never defragmented and gives +Inf.
-func NewVars(dbSize, dbSizeInUse, dbQuota int64, isLeader bool, members int, sinceLastDefrag time.Duration) Vars {
+// SinceLastDefrag means the member was never defragmented and gives +Inf; a
+// negative DiskFree gives -1.
+func NewVars(r Readings) Vars {
 	v := Vars{
-		DBSize:          float64(dbSize),
-		DBSizeInUse:     float64(dbSizeInUse),
-		DBSizeFree:      float64(max(dbSize-dbSizeInUse, 0)),
-		DBQuota:         float64(dbQuota),
-		IsLeader:        isLeader,
-		Members:         float64(members),
-		SinceLastDefrag: sinceLastDefrag.Seconds(),
+		DBSize:                float64(r.DBSize),
+		DBSizeInUse:           float64(r.DBSizeInUse),
+		DBSizeFree:            float64(max(r.DBSize-r.DBSizeInUse, 0)),
+		DBQuota:               float64(r.DBQuota),
+		IsLeader:              r.IsLeader,
+		Members:               float64(r.Members),
+		SinceLastDefrag:       r.SinceLastDefrag.Seconds(),
+		ExpectedDefragSeconds: r.ExpectedDefrag.Seconds(),
+		DiskFree:              float64(r.DiskFree),
 	}
-	if dbQuota > 0 {
+	if r.DBQuota > 0 {
 		v.DBQuotaUsage = v.DBSize / v.DBQuota
 	}
-	if dbSize > 0 {
+	if r.DBSize > 0 {
 		v.Fragmentation = v.DBSizeFree / v.DBSize
 	}
-	if sinceLastDefrag < 0 {
+	if r.SinceLastDefrag < 0 {
 		v.SinceLastDefrag = math.Inf(1)
+	}
+	if r.DiskFree < 0 {
+		v.DiskFree = -1
 	}
 	return v
 }

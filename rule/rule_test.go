@@ -24,7 +24,7 @@ const never = -1 * time.Nanosecond
 // member returns the Vars of a follower in a three-member cluster that was
 // never defragmented.
 func member(dbSize, dbSizeInUse, dbQuota int64) Vars {
-	return NewVars(dbSize, dbSizeInUse, dbQuota, false, 3, never)
+	return NewVars(Readings{DBSize: dbSize, DBSizeInUse: dbSizeInUse, DBQuota: dbQuota, Members: 3, SinceLastDefrag: never, DiskFree: -1})
 }
 
 func mustCompile(t testing.TB, src string) *Rule {
@@ -60,54 +60,60 @@ func runEvalCases(t *testing.T, src string, cases []evalCase) {
 
 func TestNewVars(t *testing.T) {
 	tests := []struct {
-		name        string
-		dbSize      int64
-		dbSizeInUse int64
-		dbQuota     int64
-		isLeader    bool
-		members     int
-		since       time.Duration
-		want        Vars
+		name string
+		in   Readings
+		want Vars
 	}{
 		{
-			name: "typical", dbSize: 1000, dbSizeInUse: 600, dbQuota: 2000, isLeader: true, members: 3, since: 90 * time.Second,
-			want: Vars{DBSize: 1000, DBSizeInUse: 600, DBSizeFree: 400, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.4, IsLeader: true, Members: 3, SinceLastDefrag: 90},
+			name: "typical",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 600, DBQuota: 2000, IsLeader: true, Members: 3, SinceLastDefrag: 90 * time.Second, ExpectedDefrag: 1500 * time.Millisecond, DiskFree: 5000},
+			want: Vars{DBSize: 1000, DBSizeInUse: 600, DBSizeFree: 400, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.4, IsLeader: true, Members: 3, SinceLastDefrag: 90, ExpectedDefragSeconds: 1.5, DiskFree: 5000},
 		},
 		{
-			name: "full file", dbSize: 2000, dbSizeInUse: 2000, dbQuota: 2000, members: 5, since: 1500 * time.Millisecond,
+			name: "full file",
+			in:   Readings{DBSize: 2000, DBSizeInUse: 2000, DBQuota: 2000, Members: 5, SinceLastDefrag: 1500 * time.Millisecond},
 			want: Vars{DBSize: 2000, DBSizeInUse: 2000, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 1, Fragmentation: 0, Members: 5, SinceLastDefrag: 1.5},
 		},
 		{
-			name: "empty file has no fragmentation", dbSize: 0, dbSizeInUse: 0, dbQuota: 2000, members: 1,
+			name: "empty file has no fragmentation",
+			in:   Readings{DBQuota: 2000, Members: 1},
 			want: Vars{DBQuota: 2000, Members: 1},
 		},
 		{
-			name: "unknown quota gives zero usage", dbSize: 1000, dbSizeInUse: 250, dbQuota: 0, members: 3,
+			name: "unknown quota gives zero usage",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 250, Members: 3},
 			want: Vars{DBSize: 1000, DBSizeInUse: 250, DBSizeFree: 750, DBQuotaUsage: 0, Fragmentation: 0.75, Members: 3},
 		},
 		{
-			name: "negative quota gives zero usage", dbSize: 1000, dbSizeInUse: 1000, dbQuota: -1, members: 3,
+			name: "negative quota gives zero usage",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: -1, Members: 3},
 			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: -1, Members: 3},
 		},
 		{
-			name: "in use above size clamps free to zero", dbSize: 1000, dbSizeInUse: 1100, dbQuota: 2000, members: 3,
+			name: "in use above size clamps free to zero",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 1100, DBQuota: 2000, Members: 3},
 			want: Vars{DBSize: 1000, DBSizeInUse: 1100, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0, Members: 3},
 		},
 		{
-			name: "never defragmented", dbSize: 1000, dbSizeInUse: 1000, dbQuota: 2000, members: 3, since: never,
+			name: "never defragmented",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, Members: 3, SinceLastDefrag: never},
 			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, SinceLastDefrag: math.Inf(1)},
 		},
 		{
-			name: "8 GiB quota", dbSize: 6 * gib, dbSizeInUse: 4 * gib, dbQuota: 8 * gib, members: 3, since: 24 * time.Hour,
-			want: Vars{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBSizeFree: 2 * gib, DBQuota: 8 * gib, DBQuotaUsage: 0.75, Fragmentation: 1.0 / 3, Members: 3, SinceLastDefrag: 86400},
+			name: "disk not measured",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, Members: 3, DiskFree: -42},
+			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, DiskFree: -1},
+		},
+		{
+			name: "8 GiB quota on an 8 GiB volume",
+			in:   Readings{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBQuota: 8 * gib, Members: 3, SinceLastDefrag: 24 * time.Hour, ExpectedDefrag: 80 * time.Second, DiskFree: 2 * gib},
+			want: Vars{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBSizeFree: 2 * gib, DBQuota: 8 * gib, DBQuotaUsage: 0.75, Fragmentation: 1.0 / 3, Members: 3, SinceLastDefrag: 86400, ExpectedDefragSeconds: 80, DiskFree: 2 * gib},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := NewVars(tc.dbSize, tc.dbSizeInUse, tc.dbQuota, tc.isLeader, tc.members, tc.since)
-			if got != tc.want {
-				t.Errorf("NewVars(%d, %d, %d, %v, %d, %v) = %+v, want %+v",
-					tc.dbSize, tc.dbSizeInUse, tc.dbQuota, tc.isLeader, tc.members, tc.since, got, tc.want)
+			if got := NewVars(tc.in); got != tc.want {
+				t.Errorf("NewVars(%+v) = %+v, want %+v", tc.in, got, tc.want)
 			}
 		})
 	}
@@ -123,7 +129,7 @@ func TestCompileErrors(t *testing.T) {
 		{name: "blank", src: " \t\n", want: []string{"rule is empty"}},
 		{name: "syntax", src: "dbSize >", want: []string{`rule "dbSize >"`, "unexpected token EOF", "(1:8)"}},
 		{name: "bad operator", src: "dbSize > 1 # comment", want: []string{"unexpected token"}},
-		{name: "unknown variable", src: "dbsize > 1", want: []string{"unknown name dbsize", "did you mean dbSize?", "(variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag)"}},
+		{name: "unknown variable", src: "dbsize > 1", want: []string{"unknown name dbsize", "did you mean dbSize?", "(variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree)"}},
 		{name: "unknown variable on second line", src: "dbSize > 1 &&\n  dbQuotaUsed > 0.8", want: []string{"unknown name dbQuotaUsed", "(2:3)", "(variables: dbSize"}},
 		{name: "unknown function", src: "dbSize > kb(200)", want: []string{"unknown name kb", "(variables: "}},
 		{name: "number", src: "dbSize + 1", want: []string{"expected bool", "float64", "must be a condition"}},
@@ -280,9 +286,14 @@ func TestDefaultNeverFiresWithoutReclaimableSpace(t *testing.T) {
 }
 
 func TestOtherVariables(t *testing.T) {
-	followerNever := NewVars(gib, gib, 2*gib, false, 3, never)
-	leaderHourAgo := NewVars(gib, gib, 2*gib, true, 5, time.Hour)
-	justNow := NewVars(gib, gib, 2*gib, false, 1, 0)
+	followerNever := NewVars(Readings{DBSize: gib, DBSizeInUse: gib, DBQuota: 2 * gib, Members: 3, SinceLastDefrag: never, DiskFree: -1})
+	leaderHourAgo := NewVars(Readings{DBSize: gib, DBSizeInUse: gib, DBQuota: 2 * gib, IsLeader: true, Members: 5, SinceLastDefrag: time.Hour})
+	justNow := NewVars(Readings{DBSize: gib, DBSizeInUse: gib, DBQuota: 2 * gib, Members: 1})
+	slowDisk := func(d time.Duration) Vars {
+		return NewVars(Readings{DBSize: 4 * gib, DBSizeInUse: 3 * gib, DBQuota: 8 * gib, Members: 3, ExpectedDefrag: d, DiskFree: -1})
+	}
+	roomy := NewVars(Readings{DBSize: 4 * gib, DBSizeInUse: 3 * gib, DBQuota: 8 * gib, Members: 3, DiskFree: 4 * gib})
+	cramped := NewVars(Readings{DBSize: 6 * gib, DBSizeInUse: 3 * gib, DBQuota: 8 * gib, Members: 3, DiskFree: 2 * gib})
 
 	tests := []struct {
 		name string
@@ -304,6 +315,12 @@ func TestOtherVariables(t *testing.T) {
 		{"compact file", "fragmentation == 0", justNow, true},
 		{"60% free", "fragmentation > 0.5", member(gib, 400*mib, 2*gib), true},
 		{"40% free", "fragmentation < 0.5", member(gib, 600*mib, 2*gib), true},
+		{"a short defrag", "expectedDefragSeconds < 60", slowDisk(20 * time.Second), true},
+		{"a long defrag", "expectedDefragSeconds < 60", slowDisk(90 * time.Second), false},
+		{"room for the copy", "diskFree < 0 || diskFree > 1.2*dbSizeInUse", roomy, true},
+		{"no room for the copy", "diskFree < 0 || diskFree > 1.2*dbSizeInUse", cramped, false},
+		{"disk not measured", "diskFree < 0 || diskFree > 1.2*dbSizeInUse", followerNever, true},
+		{"not measured is -1", "diskFree == -1", followerNever, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

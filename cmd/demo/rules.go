@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
@@ -59,7 +58,7 @@ func (d *demo) judge(r *rule.Rule) bool {
 	all := true
 	for _, m := range d.c.Members() {
 		s := d.before[m.ID]
-		v := rule.NewVars(s.DBSize, s.InUse, s.Quota, m.ID == lead, len(d.c.Members()), time.Duration(-1))
+		v := rule.NewVars(rule.Readings{DBSize: s.DBSize, DBSizeInUse: s.InUse, DBQuota: s.Quota, IsLeader: m.ID == lead, Members: len(d.c.Members()), SinceLastDefrag: -1, DiskFree: -1})
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%v\t%d\t", m.Name, mib(s.DBSize), mib(s.InUse),
 			mib(int64(v.DBSizeFree)), mib(s.Quota), v.DBQuotaUsage, v.Fragmentation, v.IsLeader, int(v.Members))
 		for _, p := range parts {
