@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
@@ -57,6 +58,12 @@ type Config struct {
 	AllowQuorumLoss bool
 	// VerifyHashKV compares the member's HashKV with a peer's after a defrag.
 	VerifyHashKV bool
+	// MaxDefragDuration refuses a defrag forecast to take longer (0: off).
+	MaxDefragDuration time.Duration
+	// DataDir is etcd's data directory; when set, a defrag needs free space
+	// on its filesystem of the in-use size times 1+DiskHeadroom.
+	DataDir      string
+	DiskHeadroom float64
 	// Once marks a single-cycle run: on Close the session is left to expire
 	// instead of revoked, so a leader's agent started at the same moment still
 	// sees this agent's decision.
@@ -101,23 +108,23 @@ type Agent struct {
 
 	cycle sync.Mutex // held for a whole cycle
 
+	// cluster reaches every voting member, one by one (peerClient) or
+	// through whichever answers (clusterClient).
+	cluster *steer.Client
+
 	mu       sync.Mutex // guards the fields below
 	memberID uint64
-	cluster  *clientv3.Client // the other voting members (or this one alone)
-	peers    map[uint64]*peer
 	session  *lock.Session
 	nospace  *lock.Mutex
 	last     Report
 	closed   bool
-	health   func() error // set by Serve: is the scheduler alive
+	// idle is the agent's last idle announcement; leaderAsked the revision
+	// of the latest request of the leader's agent seen (Serve).
+	idle        idleAnnouncement
+	leaderAsked int64
+	health      func() error // set by Serve: is the scheduler alive
 
 	warnedVersion string // the etcd version last checked for known bugs
-}
-
-// peer is a client that reaches one member only.
-type peer struct {
-	urls   []string
-	client *clientv3.Client
 }
 
 // New returns an agent for the member Deps.Local reaches. It does not contact
@@ -157,8 +164,8 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		log:   deps.Logger,
 		now:   deps.Now,
 		keys:  lock.NewKeys(cfg.LockPrefix),
-		peers: map[uint64]*peer{},
 	}
+	a.cluster = steer.New(func(urls []string) (*clientv3.Client, error) { return a.dial(urls) }, cfg.CommandTimeout/3)
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -169,7 +176,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	a.metrics = newMetrics(reg, cfg.Version)
+	a.metrics = newMetrics(reg, cfg.Version, cfg.DataDir != "")
 	return a, nil
 }
 
@@ -194,12 +201,7 @@ func (a *Agent) Close(ctx context.Context) error {
 		}
 		a.session = nil
 	}
-	for _, p := range a.peers {
-		errs = append(errs, p.client.Close())
-	}
-	if a.cluster != nil {
-		errs = append(errs, a.cluster.Close())
-	}
+	errs = append(errs, a.cluster.Close())
 	errs = append(errs, a.local.Close())
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
@@ -29,6 +30,10 @@ type cycle struct {
 
 	st      memberStatus // this member, latest read
 	members []*pb.Member // latest member list
+
+	released bool          // the lock was released with the turn's record (Mutex.Release)
+	expected time.Duration // forecast duration of a defrag of this member now
+	diskFree int64         // free bytes of the data directory's filesystem; -1 when not measured
 
 	announcedRev    int64     // revision of this agent's latest pending announcement
 	announcedLeader bool      // that announcement said the member leads
@@ -131,17 +136,8 @@ func (c *cycle) run(ctx context.Context) error {
 	if n := len(voters(c.members)); n < 3 && !a.cfg.AllowQuorumLoss {
 		return c.skip(ReasonQuorum, fmt.Errorf("%d voting member(s): the others cannot keep quorum while this one defragments; use --allow-quorum-loss to accept that", n))
 	}
-	last, err := c.lastRecord(ctx)
-	if err != nil {
-		return c.unavailable(ctx, err)
-	}
-	if r, ok := c.inCooldown(last); ok {
-		return c.skip(r, nil)
-	}
-	if fire, err := c.evaluate(st, last); err != nil {
-		return c.skip(ReasonRuleError, err)
-	} else if !fire {
-		return c.skip(ReasonRuleFalse, nil)
+	if _, ok, err := c.decide(ctx, st); !ok {
+		return err
 	}
 	if a.cfg.DryRun {
 		c.rep.DryRun = true
@@ -211,15 +207,145 @@ func (c *cycle) observe(st memberStatus) {
 	m.dbQuota.Set(float64(st.Quota))
 }
 
-// lastRecord reads this member's last-defrag record; nil when there is none.
-func (c *cycle) lastRecord(ctx context.Context) (*lastRecord, error) {
+// decide reads the last-defrag records, forecasts the defrag, and decides:
+// cooldown, the rule, then the guards. ok is true when a defrag is wanted
+// and allowed, with this member's record (nil when there is none);
+// otherwise the cycle ends, with err (nil for a reason that is not a
+// blocked one).
+func (c *cycle) decide(ctx context.Context, st memberStatus) (last *lastRecord, ok bool, err error) {
+	last, others, err := c.records(ctx)
+	if err != nil {
+		return nil, false, c.unavailable(ctx, err)
+	}
+	c.measure(st, last, others)
+	if r, cool := c.inCooldown(last); cool {
+		return nil, false, c.skip(r, nil)
+	}
+	if fire, err := c.evaluate(st, last); err != nil {
+		return nil, false, c.skip(ReasonRuleError, err)
+	} else if !fire {
+		return nil, false, c.skip(ReasonRuleFalse, nil)
+	}
+	if err := c.guard(st); err != nil {
+		return nil, false, err
+	}
+	return last, true, nil
+}
+
+// records reads every member's last-defrag record through this agent's
+// member: its own (nil when there is none) and the others'.
+func (c *cycle) records(ctx context.Context) (*lastRecord, []lastRecord, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.a.cfg.CommandTimeout)
 	defer cancel()
-	rec, found, err := lock.Get[lastRecord](ctx, c.a.local, c.a.keys.Last(c.st.ID))
-	if err != nil || !found {
-		return nil, err
+	recs, bad, err := lock.List[lastRecord](ctx, c.a.local, c.a.keys.Lasts())
+	if err != nil {
+		return nil, nil, err
 	}
-	return &rec.Value, nil
+	for _, e := range bad {
+		c.log.Debug("ignoring an unreadable last-defrag record", "err", e)
+	}
+	var (
+		own    *lastRecord
+		others []lastRecord
+	)
+	for _, r := range recs {
+		if id, ok := c.a.keys.MemberOf(r.Key); ok && id == c.st.ID {
+			own = &r.Value
+		} else {
+			others = append(others, r.Value)
+		}
+	}
+	return own, others, nil
+}
+
+// measure forecasts the defrag's duration and measures the free space of
+// the data directory's filesystem, for the rule, the guards, the gauges and
+// the report.
+func (c *cycle) measure(st memberStatus, own *lastRecord, others []lastRecord) {
+	a := c.a
+	rate, src := copyRate(own, others)
+	c.expected = expectedDuration(st.DBSizeInUse, rate)
+	c.rep.ExpectedDefragSeconds = c.expected.Seconds()
+	c.rep.CopyRateSource = string(src)
+	a.metrics.expectedDefrag.Set(c.expected.Seconds())
+	c.diskFree = -1
+	if a.cfg.DataDir == "" {
+		return
+	}
+	free, err := diskstat.Free(a.cfg.DataDir)
+	if err != nil {
+		c.log.Warn("cannot measure the free space of --data-dir", "data_dir", a.cfg.DataDir, "err", err)
+		return
+	}
+	c.diskFree = free
+	c.rep.DiskFreeBytes = &free
+	a.metrics.diskFree.Set(float64(free))
+}
+
+// guard refuses a defrag that the member cannot afford now: one forecast to
+// outlast --max-defrag-duration (etcd's liveness probe could kill the member
+// mid-defrag), or one whose copy of the database would not fit on the data
+// directory's filesystem.
+func (c *cycle) guard(st memberStatus) error {
+	if why := c.probeBudget(st.DBSizeInUse, c.expected, rateSource(c.rep.CopyRateSource)); why != "" {
+		return c.skip(ReasonProbeBudget, errors.New(why))
+	}
+	if why := c.diskSpace(st.DBSizeInUse, c.diskFree); why != "" {
+		return c.skip(ReasonDiskSpace, errors.New(why))
+	}
+	return nil
+}
+
+// probeBudget says why a defrag of inUse bytes forecast to take expected
+// (at a copy rate from src) exceeds --max-defrag-duration, or "".
+func (c *cycle) probeBudget(inUse int64, expected time.Duration, src rateSource) string {
+	budget := c.a.cfg.MaxDefragDuration
+	if budget <= 0 || expected <= budget {
+		return ""
+	}
+	return fmt.Sprintf("a defrag of %s in use is forecast to take %v (copy rate from %s), more than --max-defrag-duration %v: etcd's liveness probe could kill the member mid-defrag; "+
+		"raise the probe's failureThreshold and --max-defrag-duration with it, or shrink the data in use",
+		bytesIEC(inUse), expected.Round(time.Second), rateSourceText(src), budget)
+}
+
+// diskSpace says why diskFree bytes on the data directory's filesystem (-1:
+// not measured) leave no room for the copy of inUse bytes that a defrag
+// writes, or "".
+func (c *cycle) diskSpace(inUse, diskFree int64) string {
+	if diskFree < 0 {
+		return ""
+	}
+	need := int64(float64(inUse) * (1 + c.a.cfg.DiskHeadroom))
+	if diskFree >= need {
+		return ""
+	}
+	return fmt.Sprintf("%s free on the filesystem of --data-dir %s, a defrag needs %s (the %s in use, which etcd copies into a new file next to the database, and --disk-headroom %.0f%%): "+
+		"grow the volume or free space on it",
+		bytesIEC(diskFree), c.a.cfg.DataDir, bytesIEC(need), bytesIEC(inUse), c.a.cfg.DiskHeadroom*100)
+}
+
+func rateSourceText(src rateSource) string {
+	switch src {
+	case rateOwn:
+		return "this member's recorded defrags"
+	case rateCluster:
+		return "the other members' recorded defrags"
+	}
+	return fmt.Sprintf("the default of %s/s: no member has a recorded defrag yet", bytesIEC(defaultCopyRate))
+}
+
+// bytesIEC formats a byte count for messages: 1.5 GiB, 300.0 MiB, 512 B.
+func bytesIEC(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 // inCooldown tells whether the last defrag attempt ended less than Cooldown
@@ -242,7 +368,8 @@ func (c *cycle) evaluate(st memberStatus, last *lastRecord) (bool, error) {
 	}
 	vars := rule.NewVars(rule.Readings{
 		DBSize: st.DBSize, DBSizeInUse: st.DBSizeInUse, DBQuota: st.Quota, IsLeader: st.isLeader(),
-		Members: len(voters(c.members)), SinceLastDefrag: since, DiskFree: -1,
+		Members: len(voters(c.members)), SinceLastDefrag: since,
+		ExpectedDefrag: c.expected, DiskFree: c.diskFree,
 	})
 	fire, err := c.a.cfg.Rule.Eval(vars)
 	switch {
@@ -375,7 +502,11 @@ func (c *cycle) withLock(ctx context.Context) (again bool, err error) {
 	default:
 		return false, c.unavailable(ctx, err)
 	}
-	defer c.release(ctx, sess, m)
+	defer func() {
+		if !c.released {
+			c.release(ctx, sess, m)
+		}
+	}()
 	c.log.Debug("lock taken", "lock_wait_seconds", waited.Seconds())
 	_ = c.announce(ctx, lock.StateLocked)
 	return c.underLock(ctx, m)
@@ -448,17 +579,9 @@ func (c *cycle) underLock(ctx context.Context, m *lock.Mutex) (again bool, err e
 			return true, nil
 		}
 	}
-	last, err := c.lastRecord(ctx)
-	if err != nil {
-		return false, c.unavailable(ctx, err)
-	}
-	if r, ok := c.inCooldown(last); ok {
-		return false, c.skip(r, nil)
-	}
-	if fire, err := c.evaluate(st, last); err != nil {
-		return false, c.skip(ReasonRuleError, err)
-	} else if !fire {
-		return false, c.skip(ReasonRuleFalse, nil)
+	last, ok, err := c.decide(ctx, st)
+	if !ok {
+		return false, err
 	}
 	if err := c.healthGate(ctx); err != nil {
 		return false, err

@@ -159,34 +159,28 @@ func (a *Agent) compactTo(ctx context.Context, rev int64) error {
 	return nil
 }
 
-// defragment is the turn itself: mark the member in flight (fenced by the
-// lock), defragment it, wait until it answers again — even if the request or
-// ctx ended first, because etcd goes on — verify, and record.
+// defragment is the turn itself: announce and mark the member in flight
+// (fenced by the lock), renew the lease, defragment, and wait until the
+// member answers again — even if the request or ctx ended first, because
+// etcd goes on. Then record the defrag and release the lock in one
+// transaction, and verify the result off the turn: the peer's hash was
+// computed while the member defragmented, only the member's own remains.
 func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord) error {
 	a := c.a
 	a.mu.Lock()
 	sess := a.session
 	a.mu.Unlock()
 
-	// The lease must outlive the request's trip: renew it now and make sure
-	// it has at least half its TTL left.
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	ttl, err := sess.Refresh(rctx)
-	cancel()
-	if err != nil || ttl < a.cfg.LockTTL/2 {
-		return c.skip(ReasonSessionLost, fmt.Errorf("lease cannot be renewed (ttl %v): %w", ttl, err))
-	}
-
-	start := a.now()
+	key := a.keys.Defrag(c.st.ID)
 	rec := inflightRecord{
 		Member: fmt.Sprintf("%x", c.st.ID), Endpoint: c.st.Endpoint, Agent: a.cfg.Identity,
-		Start: start, Deadline: start.Add(a.cfg.DefragTimeout),
+		Start: a.now(), Deadline: a.now().Add(a.cfg.DefragTimeout),
 	}
-	key := a.keys.Defrag(c.st.ID)
 	put, err := lock.OpPutJSON(key, rec)
 	if err != nil {
 		return c.fail(ReasonUnavailable, err)
 	}
+	_ = c.announce(ctx, lock.StateDefragmenting)
 	fctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	recRev, err := m.Fenced(fctx, put)
 	cancel()
@@ -197,15 +191,36 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord)
 		return c.unavailable(ctx, err)
 	}
 
-	_ = c.announce(ctx, lock.StateDefragmenting)
-	c.log.Info("defragmenting", "endpoint", c.st.Endpoint, "is_leader", c.st.isLeader(),
-		"db_size_bytes", c.st.DBSize, "db_size_in_use_bytes", c.st.DBSizeInUse)
-	a.metrics.inProgress.Set(1)
-
 	// From here on ctx no longer bounds anything: the defrag runs in etcd
 	// whatever happens to this request.
 	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), rec.Deadline)
 	defer cancel()
+	var peerHash <-chan hashResult
+	if a.cfg.VerifyHashKV {
+		peerHash = c.hashPeer(dctx, c.st.Revision)
+	}
+
+	c.log.Info("defragmenting", "endpoint", c.st.Endpoint, "is_leader", c.st.isLeader(),
+		"db_size_bytes", c.st.DBSize, "db_size_in_use_bytes", c.st.DBSizeInUse,
+		"expected_defrag_seconds", c.expected.Seconds())
+	a.metrics.inProgress.Set(1)
+	defer a.metrics.inProgress.Set(0)
+
+	// The last check before the request, and nothing else between the two:
+	// the lease lives a whole TTL from this renewal, so no other agent can
+	// take the lock before the request is sent unless this process pauses
+	// that long right here (the README's residual risk).
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	ttl, err := sess.Refresh(rctx)
+	cancel()
+	if err != nil || ttl < a.cfg.LockTTL/2 {
+		if err == nil {
+			err = fmt.Errorf("etcd renewed it for %v only, less than half of --lock-ttl %v", ttl, a.cfg.LockTTL)
+		}
+		c.dropInflight(dctx, key, recRev)
+		return c.skip(ReasonSessionLost, fmt.Errorf("lease cannot be renewed before the defrag: %w", err))
+	}
+	start := a.now()
 	_, derr := a.local.Defragment(dctx, c.st.Endpoint)
 	werr := a.waitAnswers(dctx, a.local)
 	end := a.now()
@@ -218,99 +233,142 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord)
 		Member: rec.Member, Start: start, End: end, Before: c.st.sizes(), Agent: a.cfg.Identity,
 	}
 	if last != nil {
-		out.LastSuccess = last.LastSuccess
+		out.LastSuccess, out.CopyRates = last.LastSuccess, last.CopyRates
 	}
-	var result error
-	switch {
-	case werr != nil:
+	result := c.defragResult(dctx, derr, werr)
+	if werr != nil {
 		// The member did not come back in time. Leave the in-flight record:
 		// the next lock holder waits for this member before anything else.
 		a.metrics.defrags.WithLabelValues(resultError).Inc()
+		return result
+	}
+	if result == nil {
+		out.Result, out.LastSuccess = resultSuccess, end
+		out.CopyRates = withRate(out.CopyRates, c.st.DBSizeInUse, took)
+		if peerHash != nil {
+			out.Verify = verifyPending
+		}
+	} else {
+		out.Result, out.Error = resultError, c.rep.Error
+	}
+	c.log.Info("defragmented", "result", out.Result, "defrag_seconds", took.Seconds(),
+		"db_size_bytes", c.st.DBSize, "reclaimed_bytes", c.rep.Reclaimed)
+	lastRev := c.recordAndRelease(dctx, m, key, recRev, out)
+
+	if result == nil && peerHash != nil {
+		if err := c.verify(dctx, peerHash); err != nil {
+			r := ReasonUnavailable // the check could not be made
+			if errors.Is(err, errHashMismatch) {
+				r = ReasonHashMismatch
+			}
+			result = c.fail(r, err)
+			out.Result, out.Verify, out.Error = resultVerifyFailed, verifyFailed, err.Error()
+		} else {
+			out.Verify = verifyOK
+		}
+		c.updateRecord(dctx, lastRev, out)
+	}
+	a.metrics.defrags.WithLabelValues(out.Result).Inc()
+	if result == nil {
+		c.rep.Decision = DecisionDefragmented
+		a.metrics.reclaimed.Add(float64(c.rep.Reclaimed))
+		a.metrics.lastSuccess.Set(float64(end.UnixNano()) / 1e9)
+	}
+	return result
+}
+
+// defragResult classifies the end of a defrag: nil when the member was
+// defragmented (it answers again and its file shrank), the cycle's error
+// otherwise. It reads the member's sizes after the defrag into the report.
+func (c *cycle) defragResult(ctx context.Context, derr, werr error) error {
+	a := c.a
+	switch {
+	case werr != nil:
 		if derr != nil {
 			werr = fmt.Errorf("%w (the Defragment request: %w)", werr, derr)
 		}
 		return c.fail(ReasonMemberBusy, fmt.Errorf("member did not answer within --defrag-timeout %v after the Defragment request: %w",
 			a.cfg.DefragTimeout, werr))
 	case derr != nil && isPermissionDenied(derr):
-		result = c.fail(ReasonPermission, fmt.Errorf("defragment %s: %w (the etcd user %q needs the root role)", c.st.Endpoint, derr, a.cfg.User))
+		return c.fail(ReasonPermission, fmt.Errorf("defragment %s: %w (the etcd user %q needs the root role)", c.st.Endpoint, derr, a.cfg.User))
 	case derr != nil && !isTimeout(derr):
-		result = c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w", c.st.Endpoint, derr))
+		return c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w", c.st.Endpoint, derr))
 	}
-
-	if result == nil {
-		after, err := a.localStatus(dctx)
-		if err == nil {
-			c.rep.After = after.sizes()
-			out.After = c.rep.After
-			c.rep.Reclaimed = max(c.st.DBSize-after.DBSize, 0)
+	after, err := a.localStatus(ctx)
+	if err == nil {
+		c.rep.After = after.sizes()
+		c.rep.Reclaimed = max(c.st.DBSize-after.DBSize, 0)
+	}
+	if derr != nil {
+		// The request timed out. etcd goes on with a defrag it received,
+		// but it may never have received this one: count it only if the
+		// file shrank.
+		if err != nil || after.DBSize >= c.st.DBSize {
+			return c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w; the member answers, but its file did not shrink (%d bytes): etcd probably never ran the defrag",
+				c.st.Endpoint, derr, c.st.DBSize))
 		}
-		if derr != nil {
-			// The request timed out. etcd goes on with a defrag it received,
-			// but it may never have received this one: count it only if the
-			// file shrank.
-			if err != nil || after.DBSize >= c.st.DBSize {
-				result = c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w; the member answers, but its file did not shrink (%d bytes): etcd probably never ran the defrag",
-					c.st.Endpoint, derr, c.st.DBSize))
-			} else {
-				c.log.Warn("defragment request timed out; etcd went on and finished",
-					"err", derr, "defrag_seconds", took.Seconds())
-			}
-		}
+		c.log.Warn("defragment request timed out; etcd went on and finished", "err", derr)
 	}
-	if result == nil {
-		if a.cfg.VerifyHashKV {
-			if err := c.verify(dctx); err != nil {
-				a.metrics.defrags.WithLabelValues(resultVerifyFailed).Inc()
-				r := ReasonUnavailable // the check could not be made
-				if errors.Is(err, errHashMismatch) {
-					r = ReasonHashMismatch
-				}
-				result = c.fail(r, err)
-				out.Result = resultVerifyFailed
-			}
-		}
-	}
-	switch {
-	case result == nil:
-		out.Result, out.LastSuccess = resultSuccess, end
-		c.rep.Decision = DecisionDefragmented
-		a.metrics.defrags.WithLabelValues(resultSuccess).Inc()
-		a.metrics.reclaimed.Add(float64(c.rep.Reclaimed))
-		a.metrics.lastSuccess.Set(float64(end.UnixNano()) / 1e9)
-	case out.Result == "":
-		out.Result = resultError
-		a.metrics.defrags.WithLabelValues(resultError).Inc()
-	}
-	if result != nil {
-		out.Error = c.rep.Error
-	}
-	c.log.Info("defragmented", "result", out.Result, "defrag_seconds", took.Seconds(),
-		"db_size_bytes", c.st.DBSize, "reclaimed_bytes", c.rep.Reclaimed)
-	c.record(dctx, m, key, recRev, out)
-	return result
+	return nil
 }
 
-// record writes last/<member> and removes the in-flight record. It is fenced
-// by the lock; if the lock was lost during the defrag (lease expired while
-// the leader's member was blocked), it is fenced by the in-flight record
-// instead, which no one else removes before this member answers. Under
-// NOSPACE only the removal is possible.
-func (c *cycle) record(ctx context.Context, m *lock.Mutex, key string, recRev int64, out lastRecord) {
+// dropInflight removes the in-flight record of a defrag that was not sent.
+// If that fails, the next lock holder removes it once the member answers.
+func (c *cycle) dropInflight(ctx context.Context, key string, rev int64) {
+	ctx, cancel := context.WithTimeout(ctx, c.a.cfg.CommandTimeout)
+	defer cancel()
+	if _, err := lock.DeleteIfUnchanged(ctx, c.a.clusterClient(), key, rev); err != nil {
+		c.log.Debug("removing the in-flight record failed; the next lock holder removes it", "err", err)
+	}
+}
+
+// recordAndRelease writes last/<member>, removes the in-flight record,
+// announces that the agent verifies (when it does) and releases the lock,
+// in one transaction fenced by the lock. If the lock was lost during the
+// defrag (lease expired while the leader's member was blocked), the record
+// is written under the in-flight record's fence instead, which no one else
+// removes before this member answers. Under NOSPACE only the removal is
+// possible. It returns the revision last/ was written at (0 if it was not).
+func (c *cycle) recordAndRelease(ctx context.Context, m *lock.Mutex, key string, recRev int64, out lastRecord) int64 {
 	a := c.a
 	put, err := lock.OpPutJSON(a.keys.Last(c.st.ID), out)
 	if err != nil {
 		c.log.Error("encoding the defrag record failed", "err", err)
-		return
+		return 0
+	}
+	ops := []clientv3.Op{put, clientv3.OpDelete(key)}
+	if out.Verify == verifyPending {
+		a.mu.Lock()
+		sess := a.session
+		a.mu.Unlock()
+		if ann, err := lock.OpAnnounce(sess, a.keys, c.st.ID, lock.Announcement{
+			State: lock.StateVerifying, Leader: c.st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
+		}); err == nil {
+			ops = append(ops, ann)
+		}
 	}
 	unchanged := clientv3.Compare(clientv3.ModRevision(key), "=", recRev)
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	_, err = m.Fenced(ctx, clientv3.OpTxn([]clientv3.Cmp{unchanged}, []clientv3.Op{put, clientv3.OpDelete(key)}, nil))
+	rev, err := m.Release(ctx, clientv3.OpTxn([]clientv3.Cmp{unchanged}, ops, nil))
+	if err == nil {
+		c.released = true
+		return rev
+	}
+	if mine, rev := c.recorded(ctx, out); mine {
+		// An earlier attempt of this transaction was applied (a member that
+		// stalled answered too late): recorded and released already.
+		c.released = true
+		return rev
+	}
 	if errors.Is(err, lock.ErrNotOwner) {
 		c.log.Warn("lock lost during the defrag; recording under the in-flight record's fence")
 		var ok bool
 		ok, err = lock.PutIfUnchanged(ctx, a.clusterClient(), key, recRev, put, clientv3.OpDelete(key))
-		if err == nil && !ok {
+		switch {
+		case err == nil && ok:
+			return c.lastRevision(ctx, out)
+		case err == nil:
 			// The next lock holder settled the record once the member
 			// answered. The defrag still happened: record it, unless a
 			// record newer than this defrag is there already.
@@ -321,10 +379,10 @@ func (c *cycle) record(ctx context.Context, m *lock.Mutex, key string, recRev in
 				err = terr
 			case !resp.Succeeded:
 				c.log.Warn("another agent settled this member's in-flight record and a newer last-defrag record exists; not overwritten")
-				return
+				return 0
 			default:
 				c.log.Info("another agent settled this member's in-flight record; last-defrag record written")
-				return
+				return resp.Header.Revision
 			}
 		}
 	}
@@ -334,22 +392,112 @@ func (c *cycle) record(ctx context.Context, m *lock.Mutex, key string, recRev in
 	if err != nil {
 		c.log.Error("recording the defrag failed; the next lock holder clears the in-flight record", "err", err)
 	}
+	return 0
 }
 
-// verify compares the member's HashKV with a peer's — the leader, or a
-// follower when this member leads — at a revision both have applied.
-func (c *cycle) verify(ctx context.Context) error {
-	var peerURLs []string
+// recorded reports whether last/<member> holds out (written by this turn),
+// and the revision it was written at.
+func (c *cycle) recorded(ctx context.Context, out lastRecord) (bool, int64) {
+	rec, found, err := lock.Get[lastRecord](ctx, c.a.clusterClient(), c.a.keys.Last(c.st.ID))
+	if err != nil || !found {
+		return false, 0
+	}
+	v := rec.Value
+	return v.Agent == out.Agent && v.Start.Equal(out.Start) && v.End.Equal(out.End), rec.Revision
+}
+
+// lastRevision returns the revision of last/<member> if it holds out, else 0.
+func (c *cycle) lastRevision(ctx context.Context, out lastRecord) int64 {
+	if mine, rev := c.recorded(ctx, out); mine {
+		return rev
+	}
+	return 0
+}
+
+// updateRecord writes the verification's outcome into last/<member>, unless
+// the record changed since this turn wrote it at rev.
+func (c *cycle) updateRecord(ctx context.Context, rev int64, out lastRecord) {
+	if rev == 0 {
+		return
+	}
+	a := c.a
+	put, err := lock.OpPutJSON(a.keys.Last(c.st.ID), out)
+	if err != nil {
+		c.log.Error("encoding the defrag record failed", "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	if _, err := lock.PutIfUnchanged(ctx, a.clusterClient(), a.keys.Last(c.st.ID), rev, put); err != nil {
+		c.log.Warn("recording the verification failed", "err", err)
+	}
+}
+
+// hashResult is a HashKV answer.
+type hashResult struct {
+	resp     *clientv3.HashKVResponse
+	endpoint string
+	id       uint64
+	err      error
+}
+
+// hashPeer computes, in the background, the HashKV of a peer — the leader,
+// or a follower when this member leads — at revision rev, which this member
+// has applied: it runs while this member defragments. The channel yields
+// one result; none when there is no peer (a single voting member).
+func (c *cycle) hashPeer(ctx context.Context, rev int64) <-chan hashResult {
+	var peer *pb.Member
 	for _, m := range voters(c.members) {
 		if m.ID == c.st.ID {
 			continue
 		}
-		if m.ID == c.st.Leader || peerURLs == nil {
-			peerURLs = m.ClientURLs
+		if m.ID == c.st.Leader || peer == nil {
+			peer = m
 		}
 	}
-	if peerURLs == nil {
-		return nil // a single voting member has no peer to compare with
+	if peer == nil {
+		return nil
+	}
+	out := make(chan hashResult, 1)
+	go func() {
+		r := hashResult{id: peer.ID}
+		var errs []error
+		for _, u := range peer.ClientURLs {
+			r.resp, r.err = c.a.local.HashKV(ctx, u, rev)
+			if r.err == nil {
+				r.endpoint = u
+				break
+			}
+			errs = append(errs, r.err)
+		}
+		if r.err != nil {
+			r.err = fmt.Errorf("hashkv of member %x at %d: %w", peer.ID, rev, errors.Join(errs...))
+		}
+		out <- r
+	}()
+	return out
+}
+
+// verify compares this member's HashKV with the peer's, at the revision the
+// peer was hashed at while this member defragmented. If that cannot be
+// compared — the peer's hash failed, or a compaction came between the two —
+// it hashes both again at a revision both have applied now.
+func (c *cycle) verify(ctx context.Context, peerHash <-chan hashResult) error {
+	ph := <-peerHash
+	if ph.err == nil {
+		self, err := c.a.local.HashKV(ctx, c.st.Endpoint, c.st.Revision)
+		if err == nil && self.CompactRevision == ph.resp.CompactRevision {
+			return c.compare(c.st.Revision, self, c.st.ID, ph.resp, ph.id)
+		}
+		c.log.Debug("hashes at the defrag's revision not comparable; hashing again", "revision", c.st.Revision, "err", err)
+	} else {
+		c.log.Debug("peer hash during the defrag failed; hashing again", "err", ph.err)
+	}
+	var peerURLs []string
+	for _, m := range voters(c.members) {
+		if m.ID == ph.id {
+			peerURLs = m.ClientURLs
+		}
 	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -359,6 +507,16 @@ func (c *cycle) verify(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// compare checks two hashes taken at rev with the same compact revision.
+func (c *cycle) compare(rev int64, h1 *clientv3.HashKVResponse, id1 uint64, h2 *clientv3.HashKVResponse, id2 uint64) error {
+	if h1.Hash != h2.Hash {
+		return fmt.Errorf("verify: %w at revision %d: member %x has %d, member %x has %d; check the cluster for corruption",
+			errHashMismatch, rev, id1, h1.Hash, id2, h2.Hash)
+	}
+	c.log.Debug("hashkv matches", "revision", rev, "peer", fmt.Sprintf("%x", id2), "hash", h1.Hash)
+	return nil
 }
 
 var (
@@ -379,7 +537,7 @@ func (c *cycle) compareHash(ctx context.Context, peerURLs []string) error {
 	}
 	rev := min(self.Revision, peer.Revision)
 	// Both members hash their whole key space: in parallel, the check
-	// takes one hash's time (most of a handoff's time on a large database).
+	// takes one hash's time.
 	type hashed struct {
 		resp *clientv3.HashKVResponse
 		err  error
@@ -401,12 +559,7 @@ func (c *cycle) compareHash(ctx context.Context, peerURLs []string) error {
 	if h1.CompactRevision != h2.CompactRevision {
 		return errCompactionRaced
 	}
-	if h1.Hash != h2.Hash {
-		return fmt.Errorf("verify: %w at revision %d: member %x has %d, member %x has %d; check the cluster for corruption",
-			errHashMismatch, rev, self.ID, h1.Hash, peer.ID, h2.Hash)
-	}
-	c.log.Debug("hashkv matches", "revision", rev, "peer", fmt.Sprintf("%x", peer.ID), "hash", h1.Hash)
-	return nil
+	return c.compare(rev, h1, self.ID, h2, peer.ID)
 }
 
 // isTimeout tells a request that ended on its deadline (etcd may go on).

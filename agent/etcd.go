@@ -4,14 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 )
 
 // maxRaftLag is how many log entries the member may be behind the leader's
@@ -147,71 +147,33 @@ func memberName(m *pb.Member) string {
 	return fmt.Sprintf("%s (%x)", m.Name, m.ID)
 }
 
-// refreshCluster points the cluster client at the client URLs of the other
-// voting members — never through this agent's own member, whose requests
-// stall while it defragments — or at this member alone when it is the only
-// voter. It also drops per-member clients of members that left.
+// refreshCluster gives the cluster client the client URLs of every voting
+// member. It sends requests to the others, steering around one that does
+// not answer (it defragments, or is down), and to this agent's own member
+// only when it is the only voter: this member stalls while it defragments.
 func (a *Agent) refreshCluster(self uint64, members []*pb.Member) error {
-	var urls []string
+	urls := map[uint64][]string{}
 	for _, m := range voters(members) {
-		if m.ID != self {
-			urls = append(urls, m.ClientURLs...)
-		}
+		urls[m.ID] = m.ClientURLs
 	}
 	if len(urls) == 0 {
-		urls = a.local.Endpoints()
+		urls[self] = a.local.Endpoints()
 	}
-	slices.Sort(urls)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for id, p := range a.peers {
-		if m := findMember(members, id); m == nil || !slices.Equal(p.urls, sortedCopy(m.ClientURLs)) {
-			_ = p.client.Close()
-			delete(a.peers, id)
-		}
-	}
-	if a.cluster == nil {
-		c, err := a.dial(urls, grpc.WithChainUnaryInterceptor(retryBusyInterceptor(a.cfg.CommandTimeout/3)))
-		if err != nil {
-			return fmt.Errorf("dial %s: %w", strings.Join(urls, ","), err)
-		}
-		a.cluster = c
-		return nil
-	}
-	cur := sortedCopy(a.cluster.Endpoints())
-	if !slices.Equal(cur, urls) {
-		a.cluster.SetEndpoints(urls...)
+	if err := a.cluster.SetMembers(urls, self); err != nil {
+		return fmt.Errorf("cluster client: %w", err)
 	}
 	return nil
 }
 
-func sortedCopy(s []string) []string {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	return c
-}
-
-// clusterClient returns the client over the other voting members.
-func (a *Agent) clusterClient() *clientv3.Client {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.cluster
-}
+// clusterClient returns the client over the voting members.
+func (a *Agent) clusterClient() *steer.Client { return a.cluster }
 
 // peerClient returns a client that reaches member m only.
 func (a *Agent) peerClient(m *pb.Member) (*clientv3.Client, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if p, ok := a.peers[m.ID]; ok {
-		return p.client, nil
+	if cli, ok := a.cluster.Member(m.ID); ok {
+		return cli, nil
 	}
-	urls := sortedCopy(m.ClientURLs)
-	c, err := a.dial(urls)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", memberName(m), err)
-	}
-	a.peers[m.ID] = &peer{urls: urls, client: c}
-	return c, nil
+	return nil, fmt.Errorf("no client for member %s: not a voting member with client URLs", memberName(m))
 }
 
 // answers checks that the member behind cli serves a read: linearizable (it

@@ -56,11 +56,20 @@ type metrics struct {
 	alarm             *prometheus.GaugeVec
 	nospaceRecoveries *prometheus.CounterVec
 	knownBug          *prometheus.GaugeVec
+	expectedDefrag    prometheus.Gauge
+	diskFree          prometheus.Gauge // nil without --data-dir
+	guardOverrides    *prometheus.CounterVec
 }
+
+// The guards, the values of the guard label.
+const (
+	guardProbeBudget = "probe_budget"
+	guardDiskSpace   = "disk_space"
+)
 
 // newMetrics creates the metrics, registers them with reg and creates every
 // label value, so each series exists from the first scrape.
-func newMetrics(reg prometheus.Registerer, version string) *metrics {
+func newMetrics(reg prometheus.Registerer, version string, measureDisk bool) *metrics {
 	m := &metrics{
 		ruleEvaluations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "rule_evaluations_total",
@@ -141,6 +150,21 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 			Namespace: namespace, Name: "known_defrag_bug",
 			Help: "1 if the member's etcd version has the known defrag bug (crash_mid_defrag, snapshot_apply_race); see the README.",
 		}, []string{"bug"}),
+		expectedDefrag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "expected_defrag_seconds",
+			Help: "Forecast duration of a defragmentation of this member now: its in-use bytes over the copy rate of its recorded defragmentations (see the README).",
+		}),
+		guardOverrides: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "guard_overrides_total",
+			Help: "Defragmentations a NOSPACE recovery ran although a guard (probe_budget, disk_space) would have refused them.",
+		}, []string{"guard"}),
+	}
+	if measureDisk {
+		m.diskFree = prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "disk_free_bytes",
+			Help: "Free bytes of the filesystem of etcd's data directory (--data-dir) at the last cycle.",
+		})
+		reg.MustRegister(m.diskFree)
 	}
 	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "build_info",
@@ -169,10 +193,14 @@ func newMetrics(reg prometheus.Registerer, version string) *metrics {
 	for _, b := range defragBugs {
 		m.knownBug.WithLabelValues(b.Name)
 	}
+	for _, g := range []string{guardProbeBudget, guardDiskSpace} {
+		m.guardOverrides.WithLabelValues(g)
+	}
 	reg.MustRegister(
 		buildInfo, m.ruleEvaluations, m.defrags, m.skips, m.cycles, m.defragDuration,
 		m.lockWait, m.leaderWait, m.waiting, m.reclaimed, m.lastSuccess, m.lastCycle, m.inProgress,
 		m.isLeader, m.dbSize, m.dbSizeInUse, m.dbQuota, m.alarm, m.nospaceRecoveries, m.knownBug,
+		m.expectedDefrag, m.guardOverrides,
 	)
 	return m
 }

@@ -14,7 +14,7 @@ import (
 // exports, so naming mistakes fail the build.
 func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	newMetrics(reg, "test")
+	newMetrics(reg, "test", true)
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +28,7 @@ func TestMetricsLint(t *testing.T) {
 // cycle, so rates and alerts work from the first scrape.
 func TestMetricsAllLabelsFromStart(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	newMetrics(reg, "test")
+	newMetrics(reg, "test", false)
 	for name, want := range map[string]int{
 		"etcd_defrag_agent_skips_total":              len(reasons),
 		"etcd_defrag_agent_defragmentations_total":   3,
@@ -37,6 +37,9 @@ func TestMetricsAllLabelsFromStart(t *testing.T) {
 		"etcd_defrag_agent_alarm_active":             2,
 		"etcd_defrag_agent_nospace_recoveries_total": 2,
 		"etcd_defrag_agent_known_defrag_bug":         2,
+		"etcd_defrag_agent_guard_overrides_total":    2,
+		"etcd_defrag_agent_expected_defrag_seconds":  1,
+		"etcd_defrag_agent_disk_free_bytes":          0, // only with --data-dir
 	} {
 		got, err := testutil.GatherAndCount(reg, name)
 		if err != nil {

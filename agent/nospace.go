@@ -9,6 +9,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
@@ -342,6 +343,7 @@ func (c *cycle) noSpaceDefrag(ctx context.Context, queue *lock.Mutex, target *pb
 	if err != nil {
 		return c.unavailable(ctx, err)
 	}
+	c.overrideGuards(ctx, target, st)
 	c.log.Warn("NOSPACE: defragmenting", "target", memberName(target), "endpoint", st.Endpoint,
 		"db_size_bytes", st.DBSize, "db_quota_bytes", st.Quota)
 	start := a.now()
@@ -365,4 +367,52 @@ func (c *cycle) noSpaceDefrag(ctx context.Context, queue *lock.Mutex, target *pb
 	c.log.Warn("NOSPACE: defragmented", "target", memberName(target), "defrag_seconds", took.Seconds(),
 		"db_size_bytes", after.DBSize)
 	return nil
+}
+
+// overrideGuards checks the guards for a member the NOSPACE recovery is
+// about to defragment, and says loudly when one would refuse: the recovery
+// goes on anyway, because refusing keeps the cluster read-only. A defrag
+// killed by etcd's liveness probe is aborted safely by etcd (from 3.5.6),
+// and one that runs out of disk fails cleanly (etcd removes its copy and
+// keeps the old file); neither loses data, and under NOSPACE there are
+// almost no writes for etcd's log to need room for. The free disk is known
+// for this agent's own member only.
+func (c *cycle) overrideGuards(ctx context.Context, target *pb.Member, st memberStatus) {
+	a := c.a
+	own, others, err := c.records(ctx)
+	if err != nil {
+		c.log.Debug("reading the last-defrag records for the forecast failed", "err", err)
+	}
+	var targetRec *lastRecord
+	if target.ID == c.st.ID {
+		targetRec = own
+	} else {
+		for i := range others {
+			if others[i].Member == fmt.Sprintf("%x", target.ID) {
+				targetRec = &others[i]
+			}
+		}
+		if own != nil {
+			others = append(others, *own)
+		}
+	}
+	rate, src := copyRate(targetRec, others)
+	diskFree := int64(-1)
+	if target.ID == c.st.ID && a.cfg.DataDir != "" {
+		if free, err := diskstat.Free(a.cfg.DataDir); err == nil {
+			diskFree = free
+		}
+	}
+	for _, g := range []struct{ guard, why string }{
+		{guardProbeBudget, c.probeBudget(st.DBSizeInUse, expectedDuration(st.DBSizeInUse, rate), src)},
+		{guardDiskSpace, c.diskSpace(st.DBSizeInUse, diskFree)},
+	} {
+		if g.why == "" {
+			continue
+		}
+		a.metrics.guardOverrides.WithLabelValues(g.guard).Inc()
+		c.rep.Warnings = append(c.rep.Warnings, fmt.Sprintf("NOSPACE recovery overrode %s for %s: %s", g.guard, memberName(target), g.why))
+		c.log.Error("NOSPACE: defragmenting although a guard would refuse: the cluster stays read-only otherwise",
+			"guard", g.guard, "target", memberName(target), "why", g.why)
+	}
 }

@@ -27,6 +27,8 @@ const (
 	ReasonRuleError    Reason = "rule_error"            // the rule failed to evaluate
 	ReasonShutdown     Reason = "shutdown"              // the agent is stopping
 	ReasonNoSpaceStuck Reason = "nospace_unrecoverable" // NOSPACE: a member stays above --disalarm-threshold after compaction and defrag
+	ReasonProbeBudget  Reason = "probe_budget"          // the defrag is forecast to outlast --max-defrag-duration
+	ReasonDiskSpace    Reason = "disk_space"            // the data directory's filesystem lacks room for etcd's copy of the database
 )
 
 // ReasonHashMismatch ends a cycle whose defrag happened but whose check
@@ -40,7 +42,7 @@ var reasons = []Reason{
 	ReasonRuleFalse, ReasonCooldown, ReasonLearner, ReasonDryRun, ReasonNoSpaceElsewhere,
 	ReasonQuorum, ReasonLeaderWait, ReasonLockTimeout, ReasonUnhealthy, ReasonNotCaughtUp,
 	ReasonAlarm, ReasonMemberBusy, ReasonUnavailable, ReasonPermission, ReasonSessionLost,
-	ReasonRuleError, ReasonShutdown, ReasonNoSpaceStuck,
+	ReasonRuleError, ReasonShutdown, ReasonNoSpaceStuck, ReasonProbeBudget, ReasonDiskSpace,
 }
 
 // Blocked reports whether the reason means a defrag was needed (or the agent

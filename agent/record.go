@@ -28,4 +28,18 @@ type lastRecord struct {
 	After       *Sizes    `json:"after,omitempty"`
 	LastSuccess time.Time `json:"last_success,omitzero"`
 	Agent       string    `json:"agent,omitempty"`
+	// Verify is the HashKV check after the defrag: "pending" from the end of
+	// the turn until the check ends, then "ok" or "failed"; empty when it is
+	// off or the defrag failed.
+	Verify string `json:"verify,omitempty"`
+	// CopyRates are the in-use bytes per second that the member's last
+	// successful defrags copied, the newest last (see forecast.go).
+	CopyRates []float64 `json:"copy_rates_bytes_per_second,omitempty"`
 }
+
+// The values of lastRecord.Verify.
+const (
+	verifyPending = "pending"
+	verifyOK      = "ok"
+	verifyFailed  = "failed"
+)

@@ -50,8 +50,16 @@ type Report struct {
 	DefragSeconds     float64 `json:"defrag_seconds,omitempty"`
 	// Defragmented lists the members defragmented during a NOSPACE recovery.
 	Defragmented []string `json:"defragmented,omitempty"`
+	// ExpectedDefragSeconds is the forecast duration of a defrag of the
+	// member, and CopyRateSource what it is based on: "member" (its own
+	// recorded defrags), "cluster" (the other members') or "default".
+	ExpectedDefragSeconds float64 `json:"expected_defrag_seconds"`
+	CopyRateSource        string  `json:"copy_rate_source,omitempty"`
+	// DiskFreeBytes is the free space of the data directory's filesystem;
+	// absent without --data-dir.
+	DiskFreeBytes *int64 `json:"disk_free_bytes,omitempty"`
 	// EtcdVersion is the member's etcd version; Warnings name its known
-	// defrag bugs.
+	// defrag bugs, and the guards a NOSPACE recovery overrode.
 	EtcdVersion string   `json:"etcd_version,omitempty"`
 	Warnings    []string `json:"warnings,omitempty"`
 }

@@ -151,6 +151,9 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 		err = lock.WatchAnnouncements(wctx, a.clusterClient(), a.keys, rev, func(x lock.Announcement) {
 			if x.Leader && x.State == lock.StatePending && x.Member != self && x.Revision > lastRequest {
 				lastRequest = x.Revision
+				a.mu.Lock()
+				a.leaderAsked = max(a.leaderAsked, x.Revision)
+				a.mu.Unlock()
 				a.log.Debug("the leader's agent asks followers to decide", "leader", fmt.Sprintf("%x", x.Member))
 				requestCycle()
 			}

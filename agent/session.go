@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
@@ -23,17 +25,20 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) error {
 		sess.Abandon()
 	}
 	gctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	defer cancel()
 	sess, err := lock.NewSession(gctx, cluster, a.cfg.LockTTL)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("session: %w", err)
 	}
 	a.mu.Lock()
-	a.session, a.nospace = sess, nil
+	a.session, a.nospace, a.idle = sess, nil, idleAnnouncement{}
 	a.mu.Unlock()
-	if _, err := lock.Announce(gctx, sess, a.keys, st.ID, lock.Announcement{
+	actx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	_, err = lock.Announce(actx, sess, a.keys, st.ID, lock.Announcement{
 		State: lock.StateStarting, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
-	}); err != nil {
+	})
+	cancel()
+	if err != nil {
 		return err
 	}
 	a.log.Info("session started", "lease", fmt.Sprintf("%x", int64(sess.Lease())), "ttl_seconds", a.cfg.LockTTL.Seconds())
@@ -51,12 +56,13 @@ func (a *Agent) dropSession(sess *lock.Session) {
 		return
 	}
 	sess.Abandon()
-	a.session, a.nospace = nil, nil
+	a.session, a.nospace, a.idle = nil, nil, idleAnnouncement{}
 }
 
 // joinNoSpaceQueue puts the agent in the NOSPACE queue if it is not there.
 // Joining is a write, so it can only happen while the cluster is writable;
-// failures are retried next cycle.
+// failures are retried next cycle. Once queued with its session the agent
+// writes nothing more: the key lives as long as the session.
 func (a *Agent) joinNoSpaceQueue(ctx context.Context, st memberStatus) {
 	if st.IsLearner {
 		return
@@ -64,12 +70,10 @@ func (a *Agent) joinNoSpaceQueue(ctx context.Context, st memberStatus) {
 	a.mu.Lock()
 	sess, q := a.session, a.nospace
 	a.mu.Unlock()
-	if sess == nil {
+	if sess == nil || q != nil {
 		return
 	}
-	if q == nil {
-		q = lock.NewMutex(sess, a.keys.NoSpace())
-	}
+	q = lock.NewMutex(sess, a.keys.NoSpace())
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
 	if _, err := q.Enqueue(ctx); err != nil {
@@ -104,19 +108,55 @@ func (a *Agent) finish(c *cycle, err error) {
 	a.mu.Unlock()
 
 	if sess != nil && !sess.Expired() && c.st.ID != 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.CommandTimeout)
-		_, aerr := lock.Announce(ctx, sess, a.keys, c.st.ID, lock.Announcement{
-			State: lock.StateIdle, Leader: c.st.isLeader(), Reason: string(rep.Reason),
-			Agent: a.cfg.Identity, Version: a.cfg.Version, Time: rep.End,
-		})
-		cancel()
-		if aerr != nil && !isNoSpace(aerr) {
-			a.log.Debug("announcing idle failed", "err", aerr)
-		}
+		a.announceIdle(sess, c.st, rep)
 	}
 
 	// One event per decision. A cycle with nothing to do that repeats the
 	// previous one is logged at debug level, so a quiet cluster stays quiet.
 	level := a.logLevel(prev, *rep, err)
 	a.log.LogAttrs(context.Background(), level, "cycle", rep.LogValue().Group()...)
+}
+
+// idleAnnouncement is the agent's last idle announcement: what it said, and
+// at which revision.
+type idleAnnouncement struct {
+	lease    clientv3.LeaseID
+	leader   bool
+	reason   Reason
+	revision int64
+}
+
+// announceIdle announces the end of a cycle (on a fresh bounded context:
+// the cycle's may have ended). A daemon does not write the same idle
+// announcement twice unless the leader's agent asked for a decision since
+// the last one: an idle cluster then sees no writes from the agents, and
+// etcd keeps renewing every lease while its leader defragments (a leader
+// that defragments cannot renew any lease while it has writes to apply).
+func (a *Agent) announceIdle(sess *lock.Session, st memberStatus, rep *Report) {
+	cur := idleAnnouncement{lease: sess.Lease(), leader: st.isLeader(), reason: rep.Reason}
+	a.mu.Lock()
+	prev, asked := a.idle, a.leaderAsked
+	a.mu.Unlock()
+	if !a.cfg.Once && prev.revision > 0 && asked <= prev.revision &&
+		prev.lease == cur.lease && prev.leader == cur.leader && prev.reason == cur.reason {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.CommandTimeout)
+	defer cancel()
+	rev, err := lock.Announce(ctx, sess, a.keys, st.ID, lock.Announcement{
+		State: lock.StateIdle, Leader: st.isLeader(), Reason: string(rep.Reason),
+		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: rep.End,
+	})
+	if err != nil {
+		if !isNoSpace(err) {
+			a.log.Debug("announcing idle failed", "err", err)
+		}
+		return
+	}
+	cur.revision = rev
+	a.mu.Lock()
+	if a.session == sess {
+		a.idle = cur
+	}
+	a.mu.Unlock()
 }

@@ -257,12 +257,7 @@ func (a *testAgent) vanish() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.local.Close()
-	if a.cluster != nil {
-		a.cluster.Close()
-	}
-	for _, p := range a.peers {
-		p.client.Close()
-	}
+	a.cluster.Close()
 }
 
 // TestLostLeaseStopsAgent: an agent whose lease ends while it waits for the
@@ -355,8 +350,23 @@ func TestUnlockFailureReleasesLock(t *testing.T) {
 	var refused atomic.Int64
 	var broken atomic.Bool
 	broken.Store(true)
+	// The lock is released by a delete of its key: alone, or in the
+	// transaction that records the turn.
+	unlocks := func(req any) bool {
+		switch r := req.(type) {
+		case *pb.DeleteRangeRequest:
+			return strings.HasPrefix(string(r.Key), lockKeys)
+		case *pb.TxnRequest:
+			for _, op := range r.Success {
+				if d := op.GetRequestDeleteRange(); d != nil && strings.HasPrefix(string(d.Key), lockKeys) {
+					return true
+				}
+			}
+		}
+		return false
+	}
 	failUnlock := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if r, ok := req.(*pb.DeleteRangeRequest); ok && broken.Load() && strings.HasPrefix(string(r.Key), lockKeys) {
+		if broken.Load() && unlocks(req) {
 			refused.Add(1)
 			return status.Error(codes.Unavailable, "injected: keepalive ping failed to receive ACK within timeout")
 		}

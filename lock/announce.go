@@ -30,13 +30,16 @@ const (
 	StateLocked State = "locked"
 	// StateDefragmenting: its member is being defragmented.
 	StateDefragmenting State = "defragmenting"
+	// StateVerifying: its turn is over (the lock is released) and it checks
+	// the result; not active: the leader's agent need not wait for it.
+	StateVerifying State = "verifying"
 	// StateRecovering: it holds the NOSPACE queue and brings the cluster back.
 	StateRecovering State = "recovering"
 )
 
 // Active reports whether an agent in this state has asked for a turn and not
 // finished it.
-func (s State) Active() bool { return s != StateIdle && s != "" }
+func (s State) Active() bool { return s != StateIdle && s != StateVerifying && s != "" }
 
 // Announcement is what one agent tells its peers about itself. It is stored
 // under agents/<member>/<lease> with the agent's session lease, so it vanishes
@@ -60,25 +63,34 @@ type Announcement struct {
 	Time    time.Time `json:"time"`
 }
 
+// OpAnnounce is the put of an announcement, for a fenced transaction: the
+// same key, value and lease as Announce.
+func OpAnnounce(s *Session, keys Keys, member uint64, a Announcement) (clientv3.Op, error) {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return clientv3.Op{}, fmt.Errorf("encode announcement: %w", err)
+	}
+	return clientv3.OpPut(keys.Agent(member, s.Lease()), string(b), clientv3.WithLease(s.Lease())), nil
+}
+
 // Announce writes the announcement of the session's agent for member, bound to
 // the session's lease, and returns the revision of the write. ctx bounds the
 // request.
 func Announce(ctx context.Context, s *Session, keys Keys, member uint64, a Announcement) (int64, error) {
-	b, err := json.Marshal(a)
+	op, err := OpAnnounce(s, keys, member, a)
 	if err != nil {
-		return 0, fmt.Errorf("encode announcement: %w", err)
+		return 0, err
 	}
-	key := keys.Agent(member, s.Lease())
-	resp, err := s.Client().Put(ctx, key, string(b), clientv3.WithLease(s.Lease()))
+	resp, err := s.Client().Do(ctx, op)
 	if err != nil {
-		return 0, fmt.Errorf("announce %s: %w", key, err)
+		return 0, fmt.Errorf("announce %s: %w", op.KeyBytes(), err)
 	}
-	return resp.Header.Revision, nil
+	return resp.Put().Header.Revision, nil
 }
 
 // Announcements reads every agent's announcement and the revision they were
 // read at. ctx bounds the request.
-func Announcements(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Announcement, int64, error) {
+func Announcements(ctx context.Context, cli clientv3.KV, keys Keys) ([]Announcement, int64, error) {
 	resp, err := cli.Get(ctx, keys.Agents(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("get %s: %w", keys.Agents(), err)
@@ -120,34 +132,69 @@ func decodeAnnouncement(keys Keys, kv *mvccpb.KeyValue) (Announcement, bool) {
 	return a, true
 }
 
-// WatchAnnouncements calls fn for every announcement written after revision
-// rev, until ctx ends. It returns the watch error that ended it, or ctx's
-// error. Deletions are not reported.
-func WatchAnnouncements(ctx context.Context, cli *clientv3.Client, keys Keys, rev int64, fn func(Announcement)) error {
+// WatchAnnouncements calls fn for announcements written after revision rev,
+// until ctx ends: for every write its watch reports and, because a watch
+// through a member that stalls reports nothing until that member answers
+// again, for the latest announcement of every agent read every Poll. fn sees
+// each write of a key at most once, in increasing revision per key; writes
+// overwritten between two reads of a stalled watch are not seen, deletions
+// never. It returns the watch error that ended it, or ctx's error.
+func WatchAnnouncements(ctx context.Context, cli Client, keys Keys, rev int64, fn func(Announcement)) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range cli.Watch(wctx, keys.Agents(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
-		if err := wr.Err(); err != nil {
-			return fmt.Errorf("watch %s: %w", keys.Agents(), err)
+	seen := map[string]int64{} // key → the revision last passed to fn
+	deliver := func(a Announcement) {
+		k := keys.Agent(a.Member, a.Lease)
+		if a.Revision > rev && a.Revision > seen[k] {
+			seen[k] = a.Revision
+			fn(a)
 		}
-		for _, ev := range wr.Events {
-			if ev.Type != mvccpb.PUT {
-				continue
+	}
+	poll := time.NewTicker(Poll)
+	defer poll.Stop()
+	wch := cli.Watch(wctx, keys.Agents(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case wr, ok := <-wch:
+			if !ok {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				return fmt.Errorf("watch %s: ended", keys.Agents())
 			}
-			if a, ok := decodeAnnouncement(keys, ev.Kv); ok {
-				fn(a)
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("watch %s: %w", keys.Agents(), err)
+			}
+			for _, ev := range wr.Events {
+				if ev.Type != mvccpb.PUT {
+					continue
+				}
+				if a, ok := decodeAnnouncement(keys, ev.Kv); ok {
+					deliver(a)
+				}
+			}
+		case <-poll.C:
+			rctx, rcancel := context.WithTimeout(ctx, pollReadTimeout)
+			anns, _, err := Announcements(rctx, cli, keys)
+			rcancel()
+			if err != nil {
+				continue // the watch may still report; the next poll reads again
+			}
+			for _, a := range anns {
+				deliver(a)
 			}
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return fmt.Errorf("watch %s: ended", keys.Agents())
 }
+
+// pollReadTimeout bounds the read of a wait's poll.
+const pollReadTimeout = 5 * time.Second
 
 // WaitChange blocks until a key under prefix is written or deleted after
 // revision rev, or ctx ends (then it returns ctx's error).
-func WaitChange(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) error {
+func WaitChange(ctx context.Context, cli Client, prefix string, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {

@@ -19,7 +19,14 @@
 //
 // Member IDs are written in hexadecimal as etcdctl prints them.
 //
-// Every call that blocks takes a context that bounds it. Cleanup after a failure
-// runs on a fresh context bounded by CleanupTimeout, because the caller's context
-// may be the one that ended.
+// The package talks to etcd through a Client: *clientv3.Client, or one that
+// sends each request to a member that answers (the agent's). Sessions renew
+// their lease with single requests rather than one keep-alive stream, and a
+// wait on a watch reads again at least every Poll, because a stream or a
+// watch through a member that stalls (it defragments) delivers nothing until
+// that member answers. Every request the package sends is safe to send twice.
+//
+// Every call that blocks takes a context that bounds it. Cleanup after a
+// failure runs on a fresh context bounded by CleanupTimeout, because the
+// caller's context may be the one that ended.
 package lock

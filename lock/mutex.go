@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -134,8 +136,16 @@ func (m *Mutex) Wait(ctx context.Context) error {
 		if len(resp.Kvs) == 0 {
 			break
 		}
-		if err := waitDelete(ctx, cli, string(resp.Kvs[0].Key), resp.Header.Revision); err != nil {
+		// A watch through a member that stalls (it defragments) delivers
+		// nothing until it answers again: wait at most Poll, then read again.
+		wctx, cancel := context.WithTimeout(ctx, Poll)
+		err = waitDelete(wctx, cli, string(resp.Kvs[0].Key), resp.Header.Revision)
+		cancel()
+		if err != nil && ctx.Err() == nil && wctx.Err() == nil {
 			return waitErr(ctx, fmt.Errorf("wait %s: %w", m.key, err))
+		}
+		if ctx.Err() != nil {
+			return waitErr(ctx, fmt.Errorf("wait %s: %w", m.key, ctx.Err()))
 		}
 	}
 	ok, err := m.Enqueued(ctx)
@@ -172,7 +182,7 @@ func waitErr(ctx context.Context, err error) error {
 }
 
 // waitDelete waits for key to be deleted after revision rev.
-func waitDelete(ctx context.Context, cli *clientv3.Client, key string, rev int64) error {
+func waitDelete(ctx context.Context, cli Client, key string, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for wr := range cli.Watch(wctx, key, clientv3.WithRev(rev+1)) {
@@ -233,9 +243,22 @@ func (m *Mutex) Fenced(ctx context.Context, ops ...clientv3.Op) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
+// Release commits ops and releases the lock in one transaction, only if this
+// session still holds it, and returns the revision of the write. It returns
+// ErrNotOwner when the session does not hold the lock; then nothing was
+// written. ctx bounds the request.
+func (m *Mutex) Release(ctx context.Context, ops ...clientv3.Op) (int64, error) {
+	rev, err := m.Fenced(ctx, append(slices.Clip(ops), clientv3.OpDelete(m.key))...)
+	if err != nil {
+		return 0, err
+	}
+	m.rev = 0
+	return rev, nil
+}
+
 // Holder returns the key at the head of the queue, or "" when the queue is
 // empty. ctx bounds the request.
-func Holder(ctx context.Context, cli *clientv3.Client, pfx string) (string, error) {
+func Holder(ctx context.Context, cli clientv3.KV, pfx string) (string, error) {
 	resp, err := cli.Get(ctx, pfx, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return "", fmt.Errorf("get %s: %w", pfx, err)
@@ -245,3 +268,7 @@ func Holder(ctx context.Context, cli *clientv3.Client, pfx string) (string, erro
 	}
 	return string(resp.Kvs[0].Key), nil
 }
+
+// Poll bounds every wait on a watch: after it, the waiter reads again
+// (through its Client, which may steer the read to a member that answers).
+const Poll = time.Second

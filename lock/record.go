@@ -18,7 +18,7 @@ type Record[T any] struct {
 
 // Get reads the JSON record at key. found is false when the key does not
 // exist. ctx bounds the request.
-func Get[T any](ctx context.Context, cli *clientv3.Client, key string) (rec Record[T], found bool, err error) {
+func Get[T any](ctx context.Context, cli clientv3.KV, key string) (rec Record[T], found bool, err error) {
 	resp, err := cli.Get(ctx, key)
 	if err != nil {
 		return rec, false, fmt.Errorf("get %s: %w", key, err)
@@ -37,7 +37,7 @@ func Get[T any](ctx context.Context, cli *clientv3.Client, key string) (rec Reco
 // List reads every JSON record under prefix. Values that do not decode are
 // returned with their error in bad (they are someone else's keys or a newer
 // format) rather than failing the whole read. ctx bounds the request.
-func List[T any](ctx context.Context, cli *clientv3.Client, prefix string) (recs []Record[T], bad []error, err error) {
+func List[T any](ctx context.Context, cli clientv3.KV, prefix string) (recs []Record[T], bad []error, err error) {
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, nil, fmt.Errorf("get %s: %w", prefix, err)
@@ -66,7 +66,7 @@ func OpPutJSON(key string, v any) (clientv3.Op, error) {
 // so a record someone rewrote in between is left alone. It reports whether it
 // deleted. rev must be the revision the key was read at (> 0). Deleting is
 // allowed under the NOSPACE alarm. ctx bounds the request.
-func DeleteIfUnchanged(ctx context.Context, cli *clientv3.Client, key string, rev int64) (bool, error) {
+func DeleteIfUnchanged(ctx context.Context, cli clientv3.KV, key string, rev int64) (bool, error) {
 	if rev <= 0 {
 		return false, fmt.Errorf("delete %s: revision %d is not a write's", key, rev)
 	}
@@ -83,7 +83,7 @@ func DeleteIfUnchanged(ctx context.Context, cli *clientv3.Client, key string, re
 // PutIfUnchanged commits ops only if key was last written at revision rev
 // (0: key absent). It is the fence for an agent that lost its lock while its
 // own in-flight record still stands. ctx bounds the request.
-func PutIfUnchanged(ctx context.Context, cli *clientv3.Client, key string, rev int64, ops ...clientv3.Op) (bool, error) {
+func PutIfUnchanged(ctx context.Context, cli clientv3.KV, key string, rev int64, ops ...clientv3.Op) (bool, error) {
 	if len(ops) == 0 {
 		return false, fmt.Errorf("write fenced by %s: no ops", key)
 	}

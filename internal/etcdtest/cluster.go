@@ -87,6 +87,7 @@ type Cluster struct {
 	members []*Member
 	next    int // number of the next member name
 	closed  bool
+	holds   []*HeldSnapshot // released by Close
 
 	addMu     sync.Mutex // serialises AddLearner
 	closeOnce sync.Once
@@ -266,8 +267,11 @@ func (c *Cluster) Close() {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
-		members := c.members
+		members, holds := c.members, c.holds
 		c.mu.Unlock()
+		for _, h := range holds {
+			h.Release()
+		}
 		var wg sync.WaitGroup
 		for _, m := range members {
 			wg.Go(m.Stop)

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 )
 
 // DefaultFillPrefix is the key prefix Fill writes under by default.
@@ -118,7 +119,10 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 		for i := lo; i < hi; i++ {
 			ops = append(ops, clientv3.OpPut(key(i), value))
 		}
-		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+		if err := retryTransient(ctx, func() error {
+			_, err := cli.Txn(ctx).Then(ops...).Commit()
+			return err
+		}); err != nil {
 			return fmt.Errorf("put keys %d..%d: %w", lo, hi-1, err)
 		}
 		mu.Lock()
@@ -127,7 +131,10 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 		return nil
 	}
 	del := func(ctx context.Context, lo, hi int) error {
-		if _, err := cli.Delete(ctx, key(lo), clientv3.WithRange(key(hi))); err != nil {
+		if err := retryTransient(ctx, func() error {
+			_, err := cli.Delete(ctx, key(lo), clientv3.WithRange(key(hi)))
+			return err
+		}); err != nil {
 			return fmt.Errorf("delete keys %d..%d: %w", lo, hi-1, err)
 		}
 		return nil
@@ -155,14 +162,24 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 	}
 
 	// The revision after every write: a linearizable read's header.
-	get, err := cli.Get(ctx, opts.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	var get *clientv3.GetResponse
+	err := retryTransient(ctx, func() (err error) {
+		get, err = cli.Get(ctx, opts.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err
+	})
 	if err != nil {
 		return res, fmt.Errorf("fill: read revision: %w", err)
 	}
 	res.Revision = get.Header.Revision
 	if !opts.NoCompact {
 		t := time.Now()
-		if _, err := cli.Compact(ctx, res.Revision, clientv3.WithCompactPhysical()); err != nil && !isCompacted(err) {
+		if err := retryTransient(ctx, func() error {
+			_, err := cli.Compact(ctx, res.Revision, clientv3.WithCompactPhysical())
+			if isCompacted(err) {
+				return nil
+			}
+			return err
+		}); err != nil {
 			return res, fmt.Errorf("fill: compact at %d: %w", res.Revision, err)
 		}
 		res.CompactTook = time.Since(t)
@@ -182,6 +199,27 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 	res.Took = time.Since(start)
 	return res, nil
 }
+
+// retryTransient calls do until it succeeds, fails with an error that is not
+// a transient one of etcd's (a request timed out on a busy machine, a leader
+// election), or ctx ends. Everything Fill sends is safe to send again: the
+// same puts, the same range deletes.
+func retryTransient(ctx context.Context, do func() error) error {
+	for {
+		err := do()
+		if err == nil || ctx.Err() != nil || !steer.Retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(transientPause):
+		}
+	}
+}
+
+// transientPause spaces the retries of a request that failed transiently.
+const transientPause = 100 * time.Millisecond
 
 // isCompacted reports whether err is etcd's "required revision has been
 // compacted".

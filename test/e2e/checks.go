@@ -100,7 +100,7 @@ func (o *Observer) WaitAgentsIdle(ctx context.Context, ms []*Member) error {
 		}
 		seen := map[uint64]bool{}
 		for _, a := range latest {
-			if a.active() {
+			if !a.Deleted && a.State != "idle" {
 				return false
 			}
 			if !a.Deleted {

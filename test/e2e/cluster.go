@@ -418,6 +418,17 @@ func (c *Cluster) agreedLeader(ctx context.Context) (*Member, error) {
 	return nil, fmt.Errorf("leader %x is not a running member", lead)
 }
 
+// Revision returns the cluster's current revision (a linearizable read).
+func (c *Cluster) Revision(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := c.Client().Get(ctx, HarnessPrefix+"revision", clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
 // WaitHealthy waits until every running member answers a linearizable read
 // through its own endpoint. ctx bounds the wait.
 func (c *Cluster) WaitHealthy(ctx context.Context) error {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Helpers of the fault scenarios F2, F3, F6, F7 and F8.
@@ -105,13 +104,11 @@ func memberOfLease(c *Cluster, obs *Observer, lease int64) *Member {
 // revisionNow returns the cluster's current revision.
 func revisionNow(ctx context.Context, t testing.TB, c *Cluster) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	defer cancel()
-	resp, err := c.Client().Get(ctx, HarnessPrefix+"revision", clientv3.WithCountOnly())
+	rev, err := c.Revision(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.Header.Revision
+	return rev
 }
 
 // checkStartedAfter fails the test for every defrag of ds that started

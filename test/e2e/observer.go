@@ -90,8 +90,11 @@ type Announcement struct {
 	Seen time.Time
 }
 
-// active reports whether the announcement asks for, or is in, a turn.
-func (a Announcement) active() bool { return !a.Deleted && a.State != "idle" && a.State != "" }
+// active reports whether the announcement asks for, or is in, a turn ("verifying"
+// comes after the turn, once the lock is released).
+func (a Announcement) active() bool {
+	return !a.Deleted && a.State != "idle" && a.State != "verifying" && a.State != ""
+}
 
 // Observer is the outside observer of one Cluster: it judges the agents
 // from etcd's own account only. From NewCluster until the cleanup it
