@@ -92,3 +92,15 @@ bench-report:
 	BENCH_REPORT_ONLY=1 $(GO) test -tags bench -count=1 -run '^$$' ./test/bench/
 
 .PHONY: bench bench-quick bench-report
+
+## kube-e2e: the manifests run by a real kubelet (containerd and runc from Debian), a real control
+## plane and a real Prometheus, on this machine alone (test/kube, see its README; needs root). Builds
+## and caches Kubernetes, etcd, CoreDNS and Prometheus from Go modules, installs the Debian packages
+## it needs, and removes everything it started. KUBE_E2E_PARTS=kamaji,static runs what CI runs.
+KUBE_E2E_PARTS ?= kamaji,static,statefulset,prometheus
+
+kube-e2e:
+	cd test/kube && GOWORK=off $(GO) vet ./...
+	KUBE_E2E_PARTS=$(KUBE_E2E_PARTS) test/kube/run.sh
+
+.PHONY: kube-e2e
