@@ -354,6 +354,16 @@ func checkConfigArgs(t *testing.T, a agent) []string {
 			cfgText = strings.ReplaceAll(cfgText, v, r)
 		}
 	}
+	// etcd's data directory: a read-only mount of etcd's own data volume
+	// (TestSidecarDataDir); here any directory.
+	if v, ok := flagValue(args, "data-dir"); ok {
+		for i := range args {
+			args[i] = strings.Replace(args[i], "--data-dir="+v, "--data-dir="+dir, 1)
+		}
+	}
+	if v, ok := configValue(a.cfg, "data-dir"); ok {
+		cfgText = strings.ReplaceAll(cfgText, "data-dir: "+v, "data-dir: "+dir)
+	}
 	if a.cfgPath != "" {
 		p := filepath.Join(dir, "agent.yaml")
 		if err := os.WriteFile(p, []byte(cfgText), 0o600); err != nil {
@@ -611,5 +621,56 @@ func TestKubeadmPatch(t *testing.T) {
 	if !equality.Semantic.DeepEqual(got.Spec, want.Spec) || !equality.Semantic.DeepEqual(got.Labels, want.Labels) {
 		gb, _ := yaml.Marshal(got)
 		t.Errorf("kubeadm's manifest with patches/etcd+strategic.yaml differs from etcd.yaml; got:\n%s", gb)
+	}
+}
+
+// TestSidecarDataDir: every sidecar gets etcd's data directory, read-only, as
+// --data-dir: the mount of the same volume that holds etcd's own --data-dir
+// (so the agent sees the filesystem a defrag writes its copy to).
+func TestSidecarDataDir(t *testing.T) {
+	for _, p := range sidecarPods(t) {
+		t.Run(p.name, func(t *testing.T) {
+			a := newAgent(t, p)
+			dataDir := a.setting("data-dir")
+			if dataDir == "" {
+				t.Fatal("no data-dir: the agent cannot check the room a defrag needs")
+			}
+			etcd := container(t, p, "etcd")
+			var etcdDir string
+			for _, arg := range append(slices.Clone(etcd.Command), etcd.Args...) {
+				if v, ok := strings.CutPrefix(arg, "--data-dir="); ok {
+					etcdDir = v
+				}
+			}
+			if etcdDir == "" {
+				t.Fatal("etcd has no --data-dir")
+			}
+			volume := ""
+			best := ""
+			for _, m := range etcd.VolumeMounts {
+				if (etcdDir == m.MountPath || strings.HasPrefix(etcdDir, m.MountPath+"/")) && len(m.MountPath) > len(best) {
+					volume, best = m.Name, m.MountPath
+				}
+			}
+			if volume == "" {
+				t.Fatalf("etcd's --data-dir %s is on no volume", etcdDir)
+			}
+			found := false
+			for _, m := range a.c.VolumeMounts {
+				if m.Name != volume {
+					continue
+				}
+				found = true
+				if !m.ReadOnly {
+					t.Errorf("volume %s is mounted writable", volume)
+				}
+				if dataDir != m.MountPath && !strings.HasPrefix(dataDir, m.MountPath+"/") {
+					t.Errorf("data-dir %s is not on the mount of etcd's volume %s (%s)", dataDir, volume, m.MountPath)
+				}
+			}
+			if !found {
+				t.Errorf("the sidecar does not mount etcd's data volume %s", volume)
+			}
+		})
 	}
 }
