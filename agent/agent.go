@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
@@ -92,19 +93,23 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// DiskFree measures the free bytes of the filesystem holding a
+	// directory; nil is statfs (diskstat.Free).
+	DiskFree func(dir string) (int64, error)
 }
 
 // Agent defragments one etcd member when its rule says so, taking turns with
 // the agents of the other members. Its methods are safe for concurrent use;
 // cycles never overlap (RunOnce serialises them).
 type Agent struct {
-	cfg     Config
-	local   *clientv3.Client
-	dial    func([]string, ...grpc.DialOption) (*clientv3.Client, error)
-	log     *slog.Logger
-	metrics *metrics
-	now     func() time.Time
-	keys    lock.Keys
+	cfg      Config
+	local    *clientv3.Client
+	dial     func([]string, ...grpc.DialOption) (*clientv3.Client, error)
+	log      *slog.Logger
+	metrics  *metrics
+	now      func() time.Time
+	diskFree func(string) (int64, error)
+	keys     lock.Keys
 
 	cycle sync.Mutex // held for a whole cycle
 
@@ -122,6 +127,7 @@ type Agent struct {
 	// of the latest request of the leader's agent seen (Serve).
 	idle        idleAnnouncement
 	leaderAsked int64
+	sessions    int // sessions started so far
 	health      func() error // set by Serve: is the scheduler alive
 
 	warnedVersion string // the etcd version last checked for known bugs
@@ -171,6 +177,10 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	if a.now == nil {
 		a.now = time.Now
+	}
+	a.diskFree = deps.DiskFree
+	if a.diskFree == nil {
+		a.diskFree = diskstat.Free
 	}
 	reg := deps.Registerer
 	if reg == nil {

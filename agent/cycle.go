@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
@@ -153,7 +152,7 @@ func (c *cycle) run(ctx context.Context) error {
 	if err := c.votersUp(ctx); err != nil {
 		return err
 	}
-	if err := a.ensureSession(ctx, st); err != nil {
+	if _, err := a.ensureSession(ctx, st); err != nil {
 		return c.unavailable(ctx, err)
 	}
 	if err := c.announce(ctx, lock.StatePending); err != nil {
@@ -272,7 +271,7 @@ func (c *cycle) measure(st memberStatus, own *lastRecord, others []lastRecord) {
 	if a.cfg.DataDir == "" {
 		return
 	}
-	free, err := diskstat.Free(a.cfg.DataDir)
+	free, err := a.diskFree(a.cfg.DataDir)
 	if err != nil {
 		c.log.Warn("cannot measure the free space of --data-dir", "data_dir", a.cfg.DataDir, "err", err)
 		return

@@ -202,7 +202,7 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex, last *lastRecord)
 
 	c.log.Info("defragmenting", "endpoint", c.st.Endpoint, "is_leader", c.st.isLeader(),
 		"db_size_bytes", c.st.DBSize, "db_size_in_use_bytes", c.st.DBSizeInUse,
-		"expected_defrag_seconds", c.expected.Seconds())
+		"expected_defrag_seconds", c.expected.Seconds(), "copy_rate_source", c.rep.CopyRateSource)
 	a.metrics.inProgress.Set(1)
 	defer a.metrics.inProgress.Set(0)
 

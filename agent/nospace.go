@@ -9,7 +9,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
@@ -399,7 +398,7 @@ func (c *cycle) overrideGuards(ctx context.Context, target *pb.Member, st member
 	rate, src := copyRate(targetRec, others)
 	diskFree := int64(-1)
 	if target.ID == c.st.ID && a.cfg.DataDir != "" {
-		if free, err := diskstat.Free(a.cfg.DataDir); err == nil {
+		if free, err := a.diskFree(a.cfg.DataDir); err == nil {
 			diskFree = free
 		}
 	}

@@ -123,7 +123,13 @@ func jobDefinition(sched Schedule) (gocron.JobDefinition, []gocron.JobOption, er
 func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 	var lastRequest int64
 	for ctx.Err() == nil {
-		rev, err := a.prepare(ctx)
+		rev, replaced, err := a.prepare(ctx)
+		if replaced {
+			// A new session announces "starting", a promise that a cycle
+			// follows at once: keep it, so the agent's decision is known
+			// again (the leader's agent may wait for it).
+			requestCycle()
+		}
 		if err != nil {
 			a.log.Debug("not connected yet; retrying", "err", err)
 			if !sleepCtx(ctx, retryPause) {
@@ -170,31 +176,31 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 
 // prepare connects outside a cycle: it resolves the member and the cluster,
 // makes sure of the session and the announcement, and returns the revision to
-// watch from.
-func (a *Agent) prepare(ctx context.Context) (int64, error) {
+// watch from, and whether it started a session that replaces a lost one.
+func (a *Agent) prepare(ctx context.Context) (rev int64, replaced bool, err error) {
 	a.cycle.Lock()
 	defer a.cycle.Unlock()
 	st, err := a.localStatus(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	members, err := a.memberList(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if err := a.refreshCluster(st.ID, members); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	// A learner takes no turns; a dry run writes nothing to etcd.
 	if !st.IsLearner && !a.cfg.DryRun {
-		if err := a.ensureSession(ctx, st); err != nil {
-			return 0, err
+		if replaced, err = a.ensureSession(ctx, st); err != nil {
+			return 0, replaced, err
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	_, rev, err := lock.Announcements(ctx, a.clusterClient(), a.keys)
-	return rev, err
+	_, rev, err = lock.Announcements(ctx, a.clusterClient(), a.keys)
+	return rev, replaced, err
 }
 
 // sleepCtx sleeps for d or until ctx ends; it reports whether it slept.

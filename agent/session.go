@@ -11,27 +11,29 @@ import (
 
 // ensureSession makes sure the agent has a live session on the cluster
 // client, announces itself, and — for a voting member — joins the NOSPACE
-// queue while the cluster is still writable.
-func (a *Agent) ensureSession(ctx context.Context, st memberStatus) error {
+// queue while the cluster is still writable. It reports whether it started
+// a session that replaces an earlier one (lost, or abandoned).
+func (a *Agent) ensureSession(ctx context.Context, st memberStatus) (replaced bool, err error) {
 	a.mu.Lock()
-	sess, cluster := a.session, a.cluster
+	sess, cluster, replaced := a.session, a.cluster, a.sessions > 0
 	a.mu.Unlock()
 	if sess != nil && !sess.Expired() {
 		a.joinNoSpaceQueue(ctx, st)
-		return nil
+		return false, nil
 	}
 	if sess != nil {
 		a.log.Warn("session lease lost; starting a new session", "lease", fmt.Sprintf("%x", int64(sess.Lease())))
 		sess.Abandon()
 	}
 	gctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	sess, err := lock.NewSession(gctx, cluster, a.cfg.LockTTL)
+	sess, err = lock.NewSession(gctx, cluster, a.cfg.LockTTL)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("session: %w", err)
+		return false, fmt.Errorf("session: %w", err)
 	}
 	a.mu.Lock()
 	a.session, a.nospace, a.idle = sess, nil, idleAnnouncement{}
+	a.sessions++
 	a.mu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	_, err = lock.Announce(actx, sess, a.keys, st.ID, lock.Announcement{
@@ -39,11 +41,11 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) error {
 	})
 	cancel()
 	if err != nil {
-		return err
+		return replaced, err
 	}
 	a.log.Info("session started", "lease", fmt.Sprintf("%x", int64(sess.Lease())), "ttl_seconds", a.cfg.LockTTL.Seconds())
 	a.joinNoSpaceQueue(ctx, st)
-	return nil
+	return replaced, nil
 }
 
 // dropSession stops the keep-alives of sess, if it is still the agent's

@@ -159,6 +159,9 @@ type logEvent struct {
 	// The cycle event's waits, in seconds.
 	LeaderWait float64 `json:"leader_wait_seconds"`
 	LockWait   float64 `json:"lock_wait_seconds"`
+	// The defragmenting event's forecast.
+	Expected float64 `json:"expected_defrag_seconds"`
+	Source   string  `json:"copy_rate_source"`
 }
 
 // agentEvents reads an agent's log events.

@@ -54,6 +54,9 @@ type config struct {
 
 	p2Members, p2DataMiB int
 	p2Rate               float64
+	// p2ShortTimeout is the agents' --command-timeout in phase (e): a fifth
+	// of a defrag at p2DataMiB or less.
+	p2ShortTimeout time.Duration
 	// p2Phase is the length of phase (a); p2Margin the load before and
 	// after the defrags of the other phases.
 	p2Phase, p2Margin time.Duration
@@ -74,11 +77,14 @@ type config struct {
 func fullConfig() config {
 	return config{
 		p1: []roundCase{
-			{3, 100, 3}, {3, 300, 3}, {3, 1000, 1},
-			{5, 100, 3}, {5, 300, 3}, {5, 1000, 1},
-			{7, 300, 2},
+			{members: 3, dataMiB: 100, reps: 3}, {members: 3, dataMiB: 300, reps: 3}, {members: 3, dataMiB: 1000, reps: 2},
+			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 1},
+			{members: 7, dataMiB: 300, reps: 2},
+			// About 1.7 s per defrag: more than five times the timeout.
+			{members: 3, dataMiB: 1000, reps: 2, label: shortTimeouts, args: []string{"--command-timeout=300ms", "--lock-ttl=5s"}},
 		},
 		p2Members: 3, p2DataMiB: 300, p2Rate: 500, p2Phase: 60 * time.Second, p2Margin: 5 * time.Second,
+		p2ShortTimeout: 150 * time.Millisecond, // about 0.75 s per defrag
 		p3Duration: 10 * time.Minute, p3Quota: 64 << 20, p3Cron: 5 * time.Minute,
 		p3Workloads: []p3Workload{{"moderate churn, 2.8 operations/s", 2.8}, {"heavy churn, 3.5 operations/s", 3.5}},
 		p4Idle:      5 * time.Minute, p4Schedule: "@every 1m", p4Scrapes: 1000,
@@ -89,8 +95,11 @@ func fullConfig() config {
 func quickConfig() config {
 	return config{
 		quick:     true,
-		p1:        []roundCase{{3, 20, 1}, {5, 20, 1}},
-		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second,
+		p1: []roundCase{
+			{members: 3, dataMiB: 20, reps: 2}, {members: 5, dataMiB: 20, reps: 1},
+			{members: 3, dataMiB: 20, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=100ms", "--lock-ttl=5s"}},
+		},
+		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second, p2ShortTimeout: 100 * time.Millisecond,
 		// A small quota, so that in 75 s NOSPACE, the fixed schedule and
 		// the agents' defrags all happen.
 		p3Duration: 75 * time.Second, p3Quota: 16 << 20, p3Cron: 30 * time.Second,

@@ -3,11 +3,16 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
@@ -34,17 +39,30 @@ var p1Args = []string{"--once", "--defrag-rule=fragmentation > 0.25 && dbSizeFre
 func TestP1RoundOverhead(t *testing.T) {
 	track(t)
 	for _, pc := range cfg.p1 {
-		t.Run(fmt.Sprintf("members=%d/data=%dMiB", pc.members, pc.dataMiB), func(t *testing.T) {
+		name := fmt.Sprintf("members=%d/data=%dMiB", pc.members, pc.dataMiB)
+		if pc.label != "" {
+			name += "/" + strings.ReplaceAll(pc.label, " ", "-")
+		}
+		t.Run(name, func(t *testing.T) {
 			rc := runRoundCase(t, pc)
 			results.Update(func(r *Results) { r.Rounds = append(r.Rounds, rc) })
 		})
 	}
 }
 
-// roundCase is one P1 configuration.
+// roundCase is one P1 configuration; label and args name and add agent
+// flags of a variant.
 type roundCase struct {
 	members, dataMiB, reps int
+	label                  string
+	args                   []string
 }
+
+// shortTimeouts is P1's and P2's variant for the large-database issue: an
+// agent's --command-timeout so short that each defrag lasts five times as
+// long or more (defrags that outlast every timeout, without hours of fill),
+// and the lease TTL at its least.
+const shortTimeouts = "short timeouts"
 
 func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	c := newCluster(t, pc.members, 0)
@@ -60,7 +78,8 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	snapshot(t, c, snap)
 	t.Logf("snapshot of the data directories in %v", time.Since(start).Round(time.Millisecond))
 	du(t, snap)
-	rc := RoundCase{Members: pc.members, DataMiB: pc.dataMiB, AgentArgs: p1Args}
+	args := append(slices.Clone(p1Args), pc.args...)
+	rc := RoundCase{Members: pc.members, DataMiB: pc.dataMiB, Label: pc.label, ExtraArgs: pc.args, AgentArgs: args}
 	lead, err := c.Leader(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +89,7 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 		t.Fatal(err)
 	}
 	rc.DBSize, rc.DBSizeInUse = st.DbSize, st.DbSizeInUse
+	var history []*mvccpb.KeyValue // the agents' last/ records of the previous run
 	for rep := range pc.reps {
 		// Every run starts from the copy, so that the floor and the
 		// agents find the same files after the same restart.
@@ -77,7 +97,12 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 		var run RoundRun
 		run.Floor, run.FloorDefrags = floor(t, c)
 		restore(t, c, snap)
-		run.Agents, run.AgentsDefrags, run.Profile = agentsRound(t, c)
+		// The agents remember the previous run's defrags, as in a
+		// cluster defragmented before: their forecasts then come from
+		// their own records.
+		putRecords(t, c, history)
+		run.Agents, run.AgentsDefrags, run.Profile, run.Forecasts = agentsRound(t, c, args)
+		history = lastRecords(t, c)
 		t.Logf("run %d: floor %v, agents %v, ratio %.2f; profile %+v", rep+1, run.Floor.Round(time.Millisecond),
 			run.Agents.Round(time.Millisecond), run.Ratio(), run.Profile)
 		rc.Runs = append(rc.Runs, run)
@@ -125,14 +150,14 @@ func floor(t *testing.T, c *e2e.Cluster) (time.Duration, []Interval) {
 // the time from the first start to the last exit, the defrags by the
 // members' logs and the round's profile. Every agent must exit 0 and every
 // member be defragmented once.
-func agentsRound(t *testing.T, c *e2e.Cluster) (time.Duration, []Interval, RoundProfile) {
+func agentsRound(t *testing.T, c *e2e.Cluster, args []string) (time.Duration, []Interval, RoundProfile, []Forecast) {
 	t.Helper()
 	ctx := within(t, 10*time.Minute)
 	obs := c.Observer()
 	n := len(obs.Defrags())
 	lead := leaderName(ctx, c)
 	start := time.Now()
-	agents := c.StartAgents(t, e2e.AgentOptions{Args: p1Args})
+	agents := c.StartAgents(t, e2e.AgentOptions{Args: args})
 	exits := make([]time.Time, len(agents))
 	codes := make([]int, len(agents))
 	var wg sync.WaitGroup
@@ -159,7 +184,58 @@ func agentsRound(t *testing.T, c *e2e.Cluster) (time.Duration, []Interval, Round
 	}
 	ds = ds[n:]
 	e2e.CheckEachOnce(t, ds, c.Members())
-	return end.Sub(start), intervals(ds, lead), profileRound(t, start, agents, exits, intervals(ds, lead))
+	return end.Sub(start), intervals(ds, lead), profileRound(t, start, agents, exits, intervals(ds, lead)), forecasts(t, agents, ds)
+}
+
+// forecasts pairs each agent's forecast of its member's defrag with the
+// defrag's duration by etcd's log.
+func forecasts(t *testing.T, agents []*e2e.Agent, ds []e2e.Defrag) []Forecast {
+	t.Helper()
+	var out []Forecast
+	for _, a := range agents {
+		es, err := agentEvents(a.LogPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Msg != "defragmenting" {
+				continue
+			}
+			for _, d := range ds {
+				if d.Member == a.Member.Name && !d.Running() {
+					out = append(out, Forecast{
+						Member: d.Member, Source: e.Source,
+						Predicted: time.Duration(e.Expected * float64(time.Second)), Measured: d.Duration(),
+					})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// lastRecords reads the agents' last/ records.
+func lastRecords(t *testing.T, c *e2e.Cluster) []*mvccpb.KeyValue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := c.Client().Get(ctx, c.LockPrefix+"last/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Kvs
+}
+
+// putRecords writes last/ records back (into a restored copy of the data).
+func putRecords(t *testing.T, c *e2e.Cluster, kvs []*mvccpb.KeyValue) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for _, kv := range kvs {
+		if _, err := c.Client().Put(ctx, string(kv.Key), string(kv.Value)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // profileRound splits the round into its parts (see RoundProfile) from the

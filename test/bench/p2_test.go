@@ -5,6 +5,7 @@ package bench
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -102,13 +103,16 @@ func TestP2ClientImpact(t *testing.T) {
 	}
 	// agents runs the agents' round (every member once, checked) and
 	// fails the test on an overlap by the members' logs (I1).
-	agents := func() {
-		before := len(obs.Overlaps())
-		agentsRound(t, c)
-		if o := obs.Overlaps(); len(o) > before {
-			t.Errorf("I1 violated during the agents' round: %v", o[before:])
+	agentsWith := func(args []string) func() {
+		return func() {
+			before := len(obs.Overlaps())
+			agentsRound(t, c, args)
+			if o := obs.Overlaps(); len(o) > before {
+				t.Errorf("I1 violated during the agents' round: %v", o[before:])
+			}
 		}
 	}
+	agents := agentsWith(p1Args)
 	phase("(a) no defrag", false, func() {
 		if err := sleep(ctx, cfg.p2Phase-2*cfg.p2Margin); err != nil {
 			t.Fatal(err)
@@ -133,6 +137,8 @@ func TestP2ClientImpact(t *testing.T) {
 	})
 	tolerated := len(obs.Overlaps()) - overlapsBefore
 	phase("(d) the agents' round, health-checking clients", true, agents)
+	phase("(e) the agents' round, "+shortTimeouts+" ("+cfg.p2ShortTimeout.String()+")", false,
+		agentsWith(append(slices.Clone(p1Args), "--command-timeout="+cfg.p2ShortTimeout.String(), "--lock-ttl=5s")))
 	ct.expect(tolerated)
 	if err := PlotLatency(filepath.Join(cfg.out, "bench", "p2-latency.png"), plots); err != nil {
 		t.Error(err)

@@ -45,6 +45,10 @@ type Results struct {
 // agents started at once with --once, on identical copies of the data.
 type RoundCase struct {
 	Members int `json:"members"`
+	// Label names a variant of the agents' flags ("" for P1's own), and
+	// ExtraArgs are the flags it adds.
+	Label     string   `json:"label,omitempty"`
+	ExtraArgs []string `json:"extra_args,omitempty"`
 	// DataMiB is what was written, half of it deleted and compacted.
 	DataMiB int `json:"data_mib"`
 	// AgentArgs are the agents' flags (the harness adds the endpoint, lock
@@ -66,6 +70,26 @@ type RoundRun struct {
 	AgentsDefrags []Interval    `json:"agents_defrags"`
 	// Profile splits the agents' round into its parts.
 	Profile RoundProfile `json:"profile"`
+	// Forecasts are the agents' forecasts of their defrags against etcd's
+	// account of them.
+	Forecasts []Forecast `json:"forecasts,omitempty"`
+}
+
+// Forecast is one agent's forecast of its member's defrag (its
+// "defragmenting" event) and the defrag's duration by etcd's log.
+type Forecast struct {
+	Member string `json:"member"`
+	// Source is what the forecast was based on: "member", "cluster" or
+	// "default" (see the README's long defrags).
+	Source    string        `json:"source"`
+	Predicted time.Duration `json:"predicted_ns"`
+	Measured  time.Duration `json:"measured_ns"`
+}
+
+// Error is (Predicted - Measured) / Measured: positive when the forecast
+// was too long.
+func (f Forecast) Error() float64 {
+	return (f.Predicted.Seconds() - f.Measured.Seconds()) / f.Measured.Seconds()
 }
 
 // Ratio is Agents/Floor.

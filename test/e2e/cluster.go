@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,6 +66,12 @@ type ClusterOptions struct {
 	MaxRequestBytes int
 	// ExtraArgs are appended to every member's command line.
 	ExtraArgs []string
+	// SmallDisks puts the data directory of member i (by index) on a tmpfs
+	// of the given size in bytes, and its write-ahead log on the harness's
+	// disk (--wal-dir): a member whose filesystem has little room, for the
+	// agents' free-disk guard. It needs root (mount); Member.ResizeDisk
+	// changes the size. The cleanup unmounts it after the members are gone.
+	SmallDisks map[int]int64
 	// LockPrefix is the agents' --lock-prefix and what the observer watches;
 	// "" means DefaultLockPrefix.
 	LockPrefix string
@@ -113,6 +120,9 @@ type Member struct {
 	ClientURL, PeerURL, MetricsURL string
 	// Dir is the data directory, kept across Kill and Restart.
 	Dir string
+	// WALDir is the write-ahead log's directory when it is not under Dir
+	// (ClusterOptions.SmallDisks), else "".
+	WALDir string
 	// LogPath is etcd's own JSON log (--log-outputs), appended across
 	// restarts; OutPath receives the process's stdout and stderr.
 	LogPath, OutPath string
@@ -203,6 +213,13 @@ func startCluster(t testing.TB, e Etcd, opts ClusterOptions) (_ *Cluster, err er
 	for _, m := range c.members {
 		m.proc.args = c.memberArgs(m, strings.Join(initial, ","))
 	}
+	for i, size := range opts.SmallDisks {
+		// Before c.close is registered: cleanups run last first, so the
+		// members are gone before the unmount.
+		if err := c.members[i].mountDisk(t, size); err != nil {
+			return nil, err
+		}
+	}
 	c.obs = newObserver(c)
 	t.Cleanup(c.close) // from here on, everything started is torn down
 	defer func() {
@@ -258,8 +275,13 @@ func (c *Cluster) newMember(i int) (*Member, error) {
 			return nil, err
 		}
 	}
+	var walDir string
+	if _, ok := c.opts.SmallDisks[i]; ok {
+		walDir = filepath.Join(c.dir, name, "wal")
+	}
 	m := &Member{
 		Name:       name,
+		WALDir:     walDir,
 		ClientURL:  fmt.Sprintf("http://%s:%d", host, ports[0]),
 		PeerURL:    fmt.Sprintf("http://%s:%d", host, ports[1]),
 		MetricsURL: fmt.Sprintf("http://%s:%d", host, ports[2]),
@@ -307,6 +329,9 @@ func (c *Cluster) memberArgs(m *Member, initialCluster string) []string {
 	}
 	if c.opts.QuotaBackendBytes > 0 {
 		args = append(args, "--quota-backend-bytes="+strconv.FormatInt(c.opts.QuotaBackendBytes, 10))
+	}
+	if m.WALDir != "" {
+		args = append(args, "--wal-dir="+m.WALDir)
 	}
 	if c.opts.MaxRequestBytes > 0 {
 		args = append(args, "--max-request-bytes="+strconv.Itoa(c.opts.MaxRequestBytes))
@@ -627,4 +652,33 @@ func (m *Member) Restart(ctx context.Context) error {
 		return err
 	}
 	return m.WaitHealthy(ctx)
+}
+
+// mountDisk mounts a tmpfs of size bytes on the member's data directory and
+// registers its unmount.
+func (m *Member) mountDisk(t testing.TB, size int64) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("ClusterOptions.SmallDisks mounts a tmpfs: run the suite as root (uid %d)", os.Geteuid())
+	}
+	if err := os.MkdirAll(m.Dir, 0o700); err != nil {
+		return err
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", m.Dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("mount a tmpfs of %d bytes on %s: %v: %s", size, m.Dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", m.Dir).CombinedOutput(); err != nil {
+			t.Errorf("unmount the tmpfs on %s: %v: %s", m.Dir, err, out)
+		}
+	})
+	return nil
+}
+
+// ResizeDisk changes the size of the tmpfs that holds the member's data
+// directory (ClusterOptions.SmallDisks): room made, or taken away.
+func (m *Member) ResizeDisk(size int64) error {
+	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", size), m.Dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("resize the tmpfs on %s to %d bytes: %v: %s", m.Dir, size, err, out)
+	}
+	return nil
 }

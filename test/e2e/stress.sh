@@ -9,7 +9,7 @@
 #
 #   STRESS_COUNT    repetitions (default 20)
 #   STRESS_RUN      go test -run pattern (default: the round and the fault
-#                   scenarios F1 to F10)
+#                   scenarios F1 to F10, the long defrags and the disk guard)
 #   STRESS_OUT      output directory (default bin/stress): test.log, results.jsonl, summary.txt
 #   STRESS_TIMEOUT  go test -timeout (default 6h)
 #
@@ -20,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 count=${STRESS_COUNT:-20}
-run=${STRESS_RUN:-'^(TestRound|TestF1AgentKilledMidDefrag|TestF5NoSpace|TestF2MemberDownDuringRound|TestF3LeaderChangesMidRound|TestF6DefragLongerThanLease|TestF7TwoAgentsOneMember|TestF8AgentsRestarted|TestF4Partition|TestF9ClientLoad|TestF10BadInputs)$'}
+run=${STRESS_RUN:-'^(TestRound|TestF1AgentKilledMidDefrag|TestF5NoSpace|TestF2MemberDownDuringRound|TestF3LeaderChangesMidRound|TestF6DefragLongerThanLease|TestF7TwoAgentsOneMember|TestF8AgentsRestarted|TestF4Partition|TestF9ClientLoad|TestF10BadInputs|TestLongDefrag|TestDiskGuard)$'}
 export E2E_ETCD_VERSIONS=${E2E_ETCD_VERSIONS:-3.4,3.5,3.6,3.7}
 out=${STRESS_OUT:-bin/stress}
 mkdir -p "$out"
