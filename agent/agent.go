@@ -127,7 +127,7 @@ type Agent struct {
 	// of the latest request of the leader's agent seen (Serve).
 	idle        idleAnnouncement
 	leaderAsked int64
-	sessions    int // sessions started so far
+	sessions    int          // sessions started so far
 	health      func() error // set by Serve: is the scheduler alive
 
 	warnedVersion string // the etcd version last checked for known bugs

@@ -85,7 +85,7 @@ func fullConfig() config {
 		},
 		p2Members: 3, p2DataMiB: 300, p2Rate: 500, p2Phase: 60 * time.Second, p2Margin: 5 * time.Second,
 		p2ShortTimeout: 150 * time.Millisecond, // about 0.75 s per defrag
-		p3Duration: 10 * time.Minute, p3Quota: 64 << 20, p3Cron: 5 * time.Minute,
+		p3Duration:     10 * time.Minute, p3Quota: 64 << 20, p3Cron: 5 * time.Minute,
 		p3Workloads: []p3Workload{{"moderate churn, 2.8 operations/s", 2.8}, {"heavy churn, 3.5 operations/s", 3.5}},
 		p4Idle:      5 * time.Minute, p4Schedule: "@every 1m", p4Scrapes: 1000,
 		p5: []nsCase{{16 << 20, 3}, {256 << 20, 2}},
@@ -94,7 +94,7 @@ func fullConfig() config {
 
 func quickConfig() config {
 	return config{
-		quick:     true,
+		quick: true,
 		p1: []roundCase{
 			{members: 3, dataMiB: 20, reps: 2}, {members: 5, dataMiB: 20, reps: 1},
 			{members: 3, dataMiB: 20, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=100ms", "--lock-ttl=5s"}},

@@ -6,7 +6,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
 )
 
 // Helpers of the fault scenarios F2, F3, F6, F7 and F8.
