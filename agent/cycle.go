@@ -116,10 +116,7 @@ func (c *cycle) run(ctx context.Context) error {
 	if st.IsLearner {
 		return c.skip(ReasonLearner, nil) // learners serve no alarm list either
 	}
-	nospace, corrupt, err := a.alarms(ctx)
-	if err != nil {
-		return c.unavailable(ctx, err)
-	}
+	nospace, corrupt := a.observeAlarms(st)
 	if len(corrupt) > 0 {
 		return c.skip(ReasonAlarm, fmt.Errorf("CORRUPT alarm raised by member %x: defragmenting would hide the evidence", corrupt[0].MemberID))
 	}
@@ -158,7 +155,12 @@ func (c *cycle) run(ctx context.Context) error {
 	if err := c.announce(ctx, lock.StatePending); err != nil {
 		return c.unavailable(ctx, err)
 	}
-	return c.takeTurn(ctx)
+	err = c.takeTurn(ctx)
+	if errors.Is(err, errNoSpaceRaised) {
+		c.log.Warn("NOSPACE alarm raised during the leader's wait; recovering")
+		return c.recoverNoSpace(ctx)
+	}
+	return err
 }
 
 // votersUp refuses the turn, before the agent queues, while a voting member
@@ -599,10 +601,7 @@ func (c *cycle) underLock(ctx context.Context, m *lock.Mutex) (again bool, err e
 // this one, and none is defragmenting), and this member is caught up.
 func (c *cycle) healthGate(ctx context.Context) error {
 	a := c.a
-	nospace, corrupt, err := a.alarms(ctx)
-	if err != nil {
-		return c.unavailable(ctx, err)
-	}
+	nospace, corrupt := a.observeAlarms(c.st)
 	if len(corrupt) > 0 {
 		return c.skip(ReasonAlarm, fmt.Errorf("CORRUPT alarm raised by member %x", corrupt[0].MemberID))
 	}

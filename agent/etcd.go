@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -31,6 +33,9 @@ type memberStatus struct {
 	RaftAppliedIndex uint64
 	IsLearner        bool
 	Version          string
+	// Alarms are the cluster's raised alarms as the member knows them
+	// (Status carries them: no raft request needed, unlike AlarmList).
+	Alarms []*pb.AlarmMember
 }
 
 func (s memberStatus) isLeader() bool { return s.ID != 0 && s.ID == s.Leader }
@@ -51,7 +56,7 @@ func (a *Agent) status(ctx context.Context, endpoint string) (memberStatus, erro
 		ID: r.Header.MemberId, Leader: r.Leader, Endpoint: endpoint,
 		DBSize: r.DbSize, DBSizeInUse: r.DbSizeInUse, Quota: r.DbSizeQuota, QuotaReported: r.DbSizeQuota > 0,
 		Revision: r.Header.Revision, RaftIndex: r.RaftIndex, RaftAppliedIndex: r.RaftAppliedIndex,
-		IsLearner: r.IsLearner, Version: r.Version,
+		IsLearner: r.IsLearner, Version: r.Version, Alarms: parseAlarms(r.Errors),
 	}
 	if !s.QuotaReported {
 		s.Quota = a.cfg.QuotaBytes
@@ -245,15 +250,22 @@ func (a *Agent) allAnswer(ctx context.Context, members []*pb.Member) error {
 	return errors.Join(errs...)
 }
 
-// alarms lists the cluster's raised alarms.
+// alarms lists the cluster's raised alarms, from a fresh Status of this
+// agent's member: Status carries them, where AlarmList is a raft request (a
+// write to the log every member must apply, which a leader that
+// defragments cannot, and a wait for this member to apply it).
 func (a *Agent) alarms(ctx context.Context) (nospace, corrupt []*pb.AlarmMember, err error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	defer cancel()
-	r, err := a.local.AlarmList(ctx)
+	st, err := a.localStatus(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("alarm list: %w", err)
+		return nil, nil, err
 	}
-	for _, am := range r.Alarms {
+	nospace, corrupt = a.observeAlarms(st)
+	return nospace, corrupt, nil
+}
+
+// observeAlarms splits a status read's alarms and exports them as gauges.
+func (a *Agent) observeAlarms(st memberStatus) (nospace, corrupt []*pb.AlarmMember) {
+	for _, am := range st.Alarms {
 		switch am.Alarm {
 		case pb.AlarmType_NOSPACE:
 			nospace = append(nospace, am)
@@ -263,7 +275,30 @@ func (a *Agent) alarms(ctx context.Context) (nospace, corrupt []*pb.AlarmMember,
 	}
 	a.metrics.alarm.WithLabelValues("nospace").Set(boolGauge(len(nospace) > 0))
 	a.metrics.alarm.WithLabelValues("corrupt").Set(boolGauge(len(corrupt) > 0))
-	return nospace, corrupt, nil
+	return nospace, corrupt
+}
+
+// alarmError is how etcd lists a raised alarm among Status's errors (the
+// protobuf text of an AlarmMember): "memberID:10276657743932975437 alarm:NOSPACE".
+var alarmError = regexp.MustCompile(`^memberID:(\d+) alarm:([A-Z_]+)\s*$`)
+
+// parseAlarms reads the alarms among the errors of a Status response;
+// other errors ("etcdserver: no leader") are not alarms.
+func parseAlarms(errs []string) []*pb.AlarmMember {
+	var out []*pb.AlarmMember
+	for _, e := range errs {
+		m := alarmError.FindStringSubmatch(e)
+		if m == nil {
+			continue
+		}
+		id, err := strconv.ParseUint(m[1], 10, 64)
+		typ, known := pb.AlarmType_value[m[2]]
+		if err != nil || !known {
+			continue
+		}
+		out = append(out, &pb.AlarmMember{MemberID: id, Alarm: pb.AlarmType(typ)})
+	}
+	return out
 }
 
 func boolGauge(b bool) float64 {

@@ -42,6 +42,9 @@ func undecided(r string) bool {
 	return Reason(r).Blocked()
 }
 
+// errNoSpaceRaised ends the leader's wait when the cluster enters NOSPACE.
+var errNoSpaceRaised = errors.New("NOSPACE alarm raised while the leader's agent waited for the followers")
+
 // waitFollowers is the leader's wait: it returns once every voting follower
 // member has had its say. A follower is done when one of its agents has
 // announced a decision after this agent's pending announcement and none of its
@@ -56,7 +59,8 @@ func undecided(r string) bool {
 // started at the same moment has announced itself by then), then the leader
 // goes on. A follower whose agent is present but not done is waited for until
 // LeaderWaitTimeout; then the cycle gives up (leader_wait_timeout). The wait
-// also ends when this member no longer leads.
+// also ends when this member no longer leads, and with errNoSpaceRaised when
+// the cluster enters NOSPACE.
 func (c *cycle) waitFollowers(ctx context.Context) error {
 	a := c.a
 	if !c.announcedLeader {
@@ -120,6 +124,11 @@ func (c *cycle) waitFollowers(ctx context.Context) error {
 			return c.unavailable(ctx, err)
 		}
 		c.observe(st)
+		if nospace, _ := a.observeAlarms(st); len(nospace) > 0 {
+			// The followers cannot announce anything now (a put), and this
+			// agent may be the one to recover: end the wait.
+			return errNoSpaceRaised
+		}
 		if !st.isLeader() {
 			c.log.Info("member no longer leads: going as a follower")
 			c.waited = true

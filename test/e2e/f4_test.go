@@ -34,8 +34,9 @@ const f4PartitionWait = 2 * time.Minute
 // the partition lasts: judged from etcd, no member logs a defrag (and no
 // inflight gauge shows one) from the partition until it heals, although
 // every agent ends at least two cycles meanwhile (the connected agents
-// announce them in etcd; the cut-off agent's session ends in etcd and its
-// cycle counter grows). After healing the round completes, one at a time
+// announce their refusal in etcd — once: an agent does not rewrite an
+// unchanged announcement — and their cycle counters grow; the cut-off
+// agent's session ends in etcd and its cycle counter grows). After healing the round completes, one at a time
 // (the observer), each member once, no leader turn while a follower's agent is pending (I3, from the announcements), no data changed.
 //
 // The agents are queued first (the harness holds their lock, so each has
@@ -91,9 +92,11 @@ func f4(t *testing.T, line string, cutLeader bool) {
 		t.Fatal(err)
 	}
 	cutAgent := agentOf(t, agents, cut)
-	cyclesBefore, err := agentCycles(ctx, cutAgent)
-	if err != nil {
-		t.Fatal(err)
+	cyclesBefore := map[*Member]float64{}
+	for _, m := range c.Members() {
+		if cyclesBefore[m], err = agentCycles(ctx, agentOf(t, agents, m)); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// The connected side's own account of the agents, through a client
@@ -112,11 +115,12 @@ func f4(t *testing.T, line string, cutLeader bool) {
 	}
 
 	// Wait until every agent has refused at least f4Refusals times: the
-	// connected agents announce it in etcd; the cut-off agent cannot, so
-	// its session ends in etcd and its cycle counter grows. Bounded: an
-	// agent whose cycle does not end while the partition lasts breaks I6.
+	// connected agents announce a refusal in etcd and their cycle counters
+	// grow; the cut-off agent cannot announce, so its session ends in etcd
+	// and its cycle counter grows. Bounded: an agent whose cycle does not
+	// end while the partition lasts breaks I6.
 	cutLease := pending[cut.Name].Lease
-	var cutCycles float64
+	cycles := map[*Member]float64{}
 	var missing string
 	pctx, cancel := context.WithTimeout(ctx, f4PartitionWait)
 	defer cancel()
@@ -126,17 +130,22 @@ func f4(t *testing.T, line string, cutLeader bool) {
 		}
 		var miss []string
 		for _, m := range rest {
-			if k := len(side.blocked(m, cutRev)); k < f4Refusals {
-				miss = append(miss, fmt.Sprintf("the agent of %s (connected) refused %d times", m.Name, k))
+			if len(side.blocked(m, cutRev)) == 0 {
+				miss = append(miss, fmt.Sprintf("the agent of %s (connected) announced no refusal", m.Name))
 			}
 		}
 		if !side.ended(cutLease) {
 			miss = append(miss, fmt.Sprintf("the session of the agent of %s (cut off) has not ended in etcd", cut.Name))
 		}
-		if total, err := agentCycles(ctx, cutAgent); err != nil {
-			miss = append(miss, err.Error())
-		} else if cutCycles = total - cyclesBefore; cutCycles < f4Refusals {
-			miss = append(miss, fmt.Sprintf("the agent of %s (cut off) ended %v cycles", cut.Name, cutCycles))
+		for _, m := range c.Members() {
+			total, err := agentCycles(ctx, agentOf(t, agents, m))
+			if err != nil {
+				miss = append(miss, err.Error())
+				continue
+			}
+			if cycles[m] = total - cyclesBefore[m]; cycles[m] < f4Refusals {
+				miss = append(miss, fmt.Sprintf("the agent of %s ended %v cycles", m.Name, cycles[m]))
+			}
 		}
 		missing = strings.Join(miss, "; ")
 		return len(miss) == 0
@@ -151,10 +160,10 @@ func f4(t *testing.T, line string, cutLeader bool) {
 		for _, a := range side.blocked(m, cutRev) {
 			reasons = append(reasons, a.Reason)
 		}
-		t.Logf("agent of %s (connected) refused %d times during the partition: %v", m.Name, len(reasons), reasons)
+		t.Logf("agent of %s (connected) ended %v cycles during the partition, announcing the refusals %v", m.Name, cycles[m], reasons)
 	}
 	t.Logf("agent of %s (cut off) ended %v cycles during the partition; its session ended in etcd: %v; its /status now: %s",
-		cut.Name, cutCycles, side.ended(cutLease), agentReason(ctx, cutAgent))
+		cut.Name, cycles[cut], side.ended(cutLease), agentReason(ctx, cutAgent))
 	if err != nil {
 		t.Fatalf("%v: %s after %v of partition. Every agent tries again every second and every request it makes is bounded (--command-timeout=2s, --lock-ttl=5s): "+
 			"a cycle that does not end while the partition lasts is an unbounded wait (I6); see the agent's log", err, missing, healAt.Sub(cutAt).Round(time.Second))

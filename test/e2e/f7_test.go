@@ -19,8 +19,9 @@ const f7Ticks = 3
 // defragmented exactly once: the second agent of a member finds the first
 // one's last/ record (under the lock, or before it queues) and skips with
 // "cooldown" — judged from etcd's logs after every one of the five agents
-// has run at least three more cycles and announced "cooldown" in each. No
-// data changes (I4).
+// has announced "cooldown" and run at least three more cycles that ended
+// in cooldown (its skips_total{reason="cooldown"}: an agent does not rewrite
+// an unchanged announcement). No data changes (I4).
 func TestF7TwoAgentsOneMember(t *testing.T) {
 	forFaultLines(t, func(t *testing.T, line string) {
 		c := NewCluster(t, ClusterOptions{Line: line})
@@ -50,21 +51,27 @@ func TestF7TwoAgentsOneMember(t *testing.T) {
 		}
 		Record(t, c, "f7_round_seconds", lastDefrag(ds[n:]).End.Sub(start).Seconds(), "s")
 
-		// Every agent runs f7Ticks more cycles, each ending in cooldown.
-		after := revisionNow(ctx, t, c)
-		ids := map[string]*Agent{}
+		// Every agent says "cooldown", and runs f7Ticks more cycles, each
+		// ending in cooldown.
+		const cooldownSkips = `etcd_defrag_agent_skips_total{reason="cooldown"}`
+		skipsBefore := map[*Agent]float64{}
 		for _, a := range agents {
-			ids[a.Identity()] = a
+			m, err := a.Metrics(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			skipsBefore[a] = m[cooldownSkips]
 		}
-		if err := obs.Wait(ctx, fmt.Sprintf("%d cooldown cycles of every agent", f7Ticks), func() bool {
-			count := map[string]int{}
+		if err := obs.Wait(ctx, fmt.Sprintf("every agent announcing cooldown and %d more cooldown cycles", f7Ticks), func() bool {
+			said := map[string]bool{}
 			for _, a := range obs.Announcements() {
-				if a.Revision > after && a.State == "idle" && a.Reason == "cooldown" {
-					count[a.Agent]++
+				if a.State == "idle" && a.Reason == "cooldown" {
+					said[a.Agent] = true
 				}
 			}
-			for id := range ids {
-				if count[id] < f7Ticks {
+			for _, a := range agents {
+				m, err := a.Metrics(ctx)
+				if err != nil || !said[a.Identity()] || m[cooldownSkips]-skipsBefore[a] < f7Ticks {
 					return false
 				}
 			}
