@@ -65,3 +65,10 @@ type Config struct {
 	// Version is the agent's version.
 	Version string
 }
+
+// Schedule says when cycles run: every Every (the first cycle at once), or
+// at the times of a cron expression. Exactly one is set.
+type Schedule struct {
+	Every time.Duration
+	Cron  string
+}

@@ -13,13 +13,6 @@ import (
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
-// Schedule says when cycles run: every Every (the first cycle at once), or
-// at the times of a cron expression. Exactly one is set.
-type Schedule struct {
-	Every time.Duration
-	Cron  string
-}
-
 // retryPause is the pause before the announcement watch is set up again
 // after it failed.
 const retryPause = 2 * time.Second
