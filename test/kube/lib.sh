@@ -5,14 +5,15 @@
 # a switch namespace) plus a private mount namespace in which the node's own
 # directories are bind-mounted over the fixed paths the kubelet, containerd
 # and the manifests use (/etc/kubernetes, /var/lib/etcd, /var/lib/kubelet,
-# /var/log/pods, /var/log/containers, /run/containerd). Nothing a node does
+# /var/log/pods, /var/log/containers, /run/containerd, and /run/netns, where
+# containerd's CRI keeps its pods' network namespaces). Nothing a node does
 # is visible in the host's network or at those paths on the host.
 
 KE2E_PREFIX=${KE2E_PREFIX:-ke2e}
 SUBNET=10.213.0          # nodes: .11, .12, .13; the control plane and Prometheus: .2
 POD_SUBNET=10.214        # pods of node i: 10.214.i.0/24
 SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
-BIND_PATHS="/etc/kubernetes /var/lib/etcd /var/lib/kubelet /var/log/pods /var/log/containers /run/containerd"
+BIND_PATHS="/etc/kubernetes /var/lib/etcd /var/lib/kubelet /var/log/pods /var/log/containers /run/containerd /run/netns"
 
 phase_start=$SECONDS
 log() { printf '%s kube-e2e: %s\n' "$(date +%T)" "$*" >&2; }

@@ -42,7 +42,8 @@ finish() {
 	log "teardown"
 	teardown
 	# Keep the logs of this run; remove everything else.
-	(cd "$W" && find . -name '*.log' -o -name '*.txt' -o -name '*.yaml' | grep -v '/root/etc\|containerd/root' |
+	(cd "$W" && find . \( -name containerd -prune \) -o \( -name '*.log' -o -name '*.txt' -o -name '*.yaml' -o -name '*.yml' \) -print |
+		grep -v '/root/etc' |
 		while read -r f; do mkdir -p "$OUT/$(dirname "$f")" && cp "$f" "$OUT/$f"; done) 2>/dev/null
 	rm -rf "$W" || log "teardown: could not remove all of $W"
 	if [ "$rc" = 0 ]; then
@@ -80,7 +81,7 @@ KUBE_BINS="kubelet kubeadm kube-apiserver kubectl"
 want statefulset && KUBE_BINS="$KUBE_BINS kube-controller-manager kube-scheduler"
 export KUBE_BINS
 want statefulset && comps="$comps coredns"
-want prometheus && comps="$comps prometheus"
+want prometheus && comps="$comps promtool prometheus"
 eval "$("$HERE/build.sh" $comps | sed 's/^\([a-z]*\)=/dir_\1=/')"
 PAUSE_DIR=$dir_pause ETCD_DIR=$dir_etcd KUBE_BIN=$dir_kube
 COREDNS_DIR=${dir_coredns:-} PROM_DIR=${dir_prometheus:-}

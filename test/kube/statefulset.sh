@@ -125,13 +125,17 @@ sts_logs() { # MEMBER=DIR arguments over the collected logs
 }
 sts_round_done() { "$KUBECHECK" defrags --since "$1" --"${2:-each}" 1 --done $(sts_logs) >/dev/null 2>&1; }
 
+# sts_fragment LIVE DEAD: as fragment (static.sh), through the pods' IPs.
 sts_fragment() {
-	local mib=$1 s=$SECONDS blob="$W/blob" k rev pids
+	local live=$1 dead=$2 s=$SECONDS blob="$W/blob" k rev pids
 	head -c $((768 * 1024 - 48)) /dev/urandom | base64 -w0 >"$blob"
-	for ((k = 0; k < mib; k += 4)); do
+	FILL_GEN=$((${FILL_GEN:-0} + 1))
+	for ((k = 0; k < live + dead; k += 4)); do
 		pids=()
 		for j in 0 1 2 3; do
-			sts_etcdctl put "/kube-e2e/fill/$((k + j))" <"$blob" >/dev/null &
+			local key="/kube-e2e/fill/$FILL_GEN/$((k + j))"
+			[ $((k + j)) -lt "$live" ] && key="/kube-e2e/live/$FILL_GEN/$((k + j))"
+			sts_etcdctl put "$key" <"$blob" >/dev/null &
 			pids+=($!)
 		done
 		for p in "${pids[@]}"; do wait "$p" || fail "etcdctl put"; done
@@ -140,7 +144,7 @@ sts_fragment() {
 	rev=$(sts_etcdctl endpoint status -w json | grep -o '"revision":[0-9]*' | head -1 | cut -d: -f2)
 	sts_etcdctl compaction --physical "$rev" >/dev/null
 	wait_for "every member reports the free space" 60 sizes_settled sts_etcdctl
-	log "wrote and deleted $mib MiB, compacted at revision $rev ($((SECONDS - s))s)"
+	log "wrote $((live + dead)) MiB, deleted $dead MiB of it, compacted at revision $rev ($((SECONDS - s))s)"
 }
 
 part_statefulset() {
@@ -170,6 +174,10 @@ part_statefulset() {
 	mkdir -p "$W/etcdlogs"
 	"$KUBECHECK" collect --out "$W/etcdlogs" "$W"/n[123]/root/var/log/pods/"${NS}"_etcd-*/etcd/*.log &
 	undo_push "stop_pid $! 10"
+	# The agents' logs too (bin/kube-e2e/agentlogs), apart: only etcd's
+	# account judges.
+	"$KUBECHECK" collect --out "$W/agentlogs" "$W"/n[123]/root/var/log/pods/"${NS}"_etcd-*/etcd-defrag-agent/*.log &
+	undo_push "stop_pid $! 10"
 
 	readme_statefulset
 	wait_for "claims bound" 120 claims_bound
@@ -184,15 +192,17 @@ part_statefulset() {
 	# A round, leader last.
 	leader=$(sts_leader) || fail "no leader"
 	t0=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
-	sts_fragment 160
+	sts_fragment 0 160
 	wait_for "a round of defrags in the StatefulSet" 300 sts_round_done "$t0"
 	[ "$(sts_leader)" = "$leader" ] || fail "the leader changed during the round ($leader before)"
 	"$KUBECHECK" defrags --since "$t0" --each 1 --done --leader "$leader" $(sts_logs) >&2 || fail "the StatefulSet's round"
 	log "statefulset: one round, each member once, the leader ($leader) last"
 
-	# A rollout restart while the agents want turns.
+	# A rollout restart while the agents want turns: data that stays makes
+	# each defrag take a while, so the rollout's SIGTERMs meet pending agents
+	# and running defrags.
 	t0=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
-	sts_fragment 160
+	sts_fragment 120 240
 	"$KUBECHECK" wait-defrag --since "$t0" --timeout 300s $(sts_logs) >/dev/null || fail "no defrag started"
 	kc -n "$NS" rollout restart statefulset etcd >&2
 	log "statefulset: rollout restart while the agents take turns"
