@@ -12,9 +12,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // Deps are the agent's collaborators.
@@ -42,34 +42,27 @@ type Deps struct {
 // cycles never overlap (RunOnce serialises them).
 type Agent struct {
 	cfg      Config
-	local    *clientv3.Client
+	local    memberClient
 	dial     func([]string, ...grpc.DialOption) (*clientv3.Client, error)
 	log      *slog.Logger
 	metrics  *metrics
 	now      func() time.Time
 	diskFree func(string) (int64, error)
-	keys     lock.Keys
+
+	// cluster reaches every voting member, one by one (peerClient) or
+	// through whichever answers; board is the agents' keys through it.
+	cluster  *steer.Client
+	board    *coord.Board
+	presence presence
 
 	cycle sync.Mutex // held for a whole cycle
 
-	// cluster reaches every voting member, one by one (peerClient) or
-	// through whichever answers (clusterClient).
-	cluster *steer.Client
-
-	mu       sync.Mutex // guards the fields below
-	memberID uint64
-	session  *lock.Session
-	nospace  *lock.Mutex
-	last     Report
-	closed   bool
-	// idle is the agent's last idle announcement; leaderAsked the revision
-	// of the latest request of the leader's agent seen (Serve).
-	idle        idleAnnouncement
-	leaderAsked int64
-	sessions    int          // sessions started so far
-	health      func() error // set by Serve: is the scheduler alive
-
-	warnedVersion string // the etcd version last checked for known bugs
+	mu            sync.Mutex // guards the fields below
+	memberID      uint64
+	last          Report
+	closed        bool
+	health        func() error // set by Serve: is the scheduler alive
+	warnedVersion string       // the etcd version last checked for known bugs
 }
 
 // New returns an agent for the member Deps.Local reaches. It does not contact
@@ -108,9 +101,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		dial:  deps.Dial,
 		log:   deps.Logger,
 		now:   deps.Now,
-		keys:  lock.NewKeys(cfg.LockPrefix),
 	}
 	a.cluster = steer.New(func(urls []string) (*clientv3.Client, error) { return a.dial(urls) }, cfg.CommandTimeout/3)
+	a.board = coord.NewBoard(a.cluster, cfg.LockPrefix)
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -129,8 +122,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// Close ends the agent: it takes the agent out of the NOSPACE queue, ends its
-// session (revoked, or left to expire after --once) and closes every client.
+// Close ends the agent: it ends its session (revoked, which takes its keys
+// and its place in the NOSPACE queue with it, or left to expire after --once)
+// and closes every client.
 // ctx bounds the etcd requests; Close waits for a running cycle to end first.
 func (a *Agent) Close(ctx context.Context) error {
 	a.cycle.Lock()
@@ -142,14 +136,7 @@ func (a *Agent) Close(ctx context.Context) error {
 	}
 	a.closed = true
 	var errs []error
-	if a.session != nil {
-		if a.cfg.Once {
-			a.session.Abandon()
-		} else if err := a.session.Close(ctx); err != nil {
-			errs = append(errs, err)
-		}
-		a.session = nil
-	}
+	errs = append(errs, a.presence.close(ctx, a.cfg.Once))
 	errs = append(errs, a.cluster.Close())
 	errs = append(errs, a.local.Close())
 	return errors.Join(errs...)

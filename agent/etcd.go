@@ -12,9 +12,30 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
+
+// memberClient is what the agent asks of its own member: the requests of
+// etcd's client that it sends to the endpoints of --endpoints.
+// *clientv3.Client implements it.
+type memberClient interface {
+	Endpoints() []string
+	Status(ctx context.Context, endpoint string) (*clientv3.StatusResponse, error)
+	MemberList(ctx context.Context, opts ...clientv3.OpOption) (*clientv3.MemberListResponse, error)
+	Defragment(ctx context.Context, endpoint string) (*clientv3.DefragmentResponse, error)
+	HashKV(ctx context.Context, endpoint string, rev int64) (*clientv3.HashKVResponse, error)
+	MoveLeader(ctx context.Context, transfereeID uint64) (*clientv3.MoveLeaderResponse, error)
+	Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error)
+	AlarmList(ctx context.Context) (*clientv3.AlarmResponse, error)
+	AlarmDisarm(ctx context.Context, m *clientv3.AlarmMember) (*clientv3.AlarmResponse, error)
+	AuthStatus(ctx context.Context) (*clientv3.AuthStatusResponse, error)
+	UserGet(ctx context.Context, name string) (*clientv3.AuthUserGetResponse, error)
+	Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error)
+	Close() error
+}
+
+var _ memberClient = (*clientv3.Client)(nil)
 
 // maxRaftLag is how many log entries the member may be behind the leader's
 // last index and still count as caught up.
@@ -44,7 +65,21 @@ func (s memberStatus) sizes() *Sizes {
 	return &Sizes{DBSize: s.DBSize, DBSizeInUse: s.DBSizeInUse, DBQuota: s.Quota, Revision: s.Revision}
 }
 
-// status asks the member behind endpoint for its status. ctx bounds it.
+// alarms splits the status's alarms.
+func (s memberStatus) alarms() (nospace, corrupt []*pb.AlarmMember) {
+	for _, am := range s.Alarms {
+		switch am.Alarm {
+		case pb.AlarmType_NOSPACE:
+			nospace = append(nospace, am)
+		case pb.AlarmType_CORRUPT:
+			corrupt = append(corrupt, am)
+		}
+	}
+	return nospace, corrupt
+}
+
+// status asks the member behind endpoint for its status. ctx bounds it,
+// within CommandTimeout.
 func (a *Agent) status(ctx context.Context, endpoint string) (memberStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
@@ -56,10 +91,20 @@ func (a *Agent) status(ctx context.Context, endpoint string) (memberStatus, erro
 		ID: r.Header.MemberId, Leader: r.Leader, Endpoint: endpoint,
 		DBSize: r.DbSize, DBSizeInUse: r.DbSizeInUse, Quota: r.DbSizeQuota, QuotaReported: r.DbSizeQuota > 0,
 		Revision: r.Header.Revision, RaftIndex: r.RaftIndex, RaftAppliedIndex: r.RaftAppliedIndex,
-		IsLearner: r.IsLearner, Version: r.Version, Alarms: parseAlarms(r.Errors),
+		IsLearner: r.IsLearner, Version: r.Version,
 	}
 	if !s.QuotaReported {
 		s.Quota = a.cfg.QuotaBytes
+	}
+	var unread bool
+	if s.Alarms, unread = parseAlarms(r.Errors); unread {
+		// An alarm in a form this agent cannot read: ask etcd for the list
+		// (a raft request) rather than miss a NOSPACE.
+		l, err := a.local.AlarmList(ctx)
+		if err != nil {
+			return memberStatus{}, fmt.Errorf("alarm list (Status of %s lists alarms it cannot read: %q): %w", endpoint, r.Errors, err)
+		}
+		s.Alarms = l.Alarms
 	}
 	return s, nil
 }
@@ -109,7 +154,42 @@ func (a *Agent) localStatus(ctx context.Context) (memberStatus, error) {
 	a.mu.Lock()
 	a.memberID = first.ID
 	a.mu.Unlock()
+	a.observeAlarms(first)
 	return first, nil
+}
+
+// observeAlarms exports a status read's alarms as gauges and returns them.
+func (a *Agent) observeAlarms(st memberStatus) (nospace, corrupt []*pb.AlarmMember) {
+	nospace, corrupt = st.alarms()
+	a.metrics.alarm.WithLabelValues("nospace").Set(boolGauge(len(nospace) > 0))
+	a.metrics.alarm.WithLabelValues("corrupt").Set(boolGauge(len(corrupt) > 0))
+	return nospace, corrupt
+}
+
+// alarmError is how etcd lists a raised alarm among Status's errors: the
+// protobuf text of an AlarmMember, "memberID:10276657743932975437 alarm:NOSPACE"
+// (etcd 3.7's protobuf library varies the spaces between fields on purpose).
+var alarmError = regexp.MustCompile(`^memberID:\s*(\d+)\s+alarm:\s*([A-Z_]+)\s*$`)
+
+// parseAlarms reads the alarms among the errors of a Status response;
+// other errors ("etcdserver: no leader") are not alarms. unread reports an
+// error that names an alarm in a form it cannot read.
+func parseAlarms(errs []string) (alarms []*pb.AlarmMember, unread bool) {
+	for _, e := range errs {
+		m := alarmError.FindStringSubmatch(e)
+		if m == nil {
+			unread = unread || strings.Contains(e, "alarm")
+			continue
+		}
+		id, err := strconv.ParseUint(m[1], 10, 64)
+		typ, known := pb.AlarmType_value[m[2]]
+		if err != nil || !known {
+			unread = true
+			continue
+		}
+		alarms = append(alarms, &pb.AlarmMember{MemberID: id, Alarm: pb.AlarmType(typ)})
+	}
+	return alarms, unread
 }
 
 // memberList returns the cluster's members as this agent's member sees them.
@@ -143,6 +223,17 @@ func findMember(members []*pb.Member, id uint64) *pb.Member {
 	return nil
 }
 
+// without returns members without the member id.
+func without(members []*pb.Member, id uint64) []*pb.Member {
+	var out []*pb.Member
+	for _, m := range members {
+		if m.ID != id {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // memberName is how logs and errors name a member: its name and ID as
 // etcdctl prints them.
 func memberName(m *pb.Member) string {
@@ -170,9 +261,6 @@ func (a *Agent) refreshCluster(self uint64, members []*pb.Member) error {
 	return nil
 }
 
-// clusterClient returns the client over the voting members.
-func (a *Agent) clusterClient() *steer.Client { return a.cluster }
-
 // peerClient returns a client that reaches member m only.
 func (a *Agent) peerClient(m *pb.Member) (*clientv3.Client, error) {
 	if cli, ok := a.cluster.Member(m.ID); ok {
@@ -181,124 +269,88 @@ func (a *Agent) peerClient(m *pb.Member) (*clientv3.Client, error) {
 	return nil, fmt.Errorf("no client for member %s: not a voting member with client URLs", memberName(m))
 }
 
+// probe is how reachable checks ask a member.
+type probe int
+
+const (
+	// probeStatus: the member answers Status. It does while it
+	// defragments, so this finds members that are down (killed, stopped,
+	// unreachable), not one busy with its turn.
+	probeStatus probe = iota
+	// probeLinearizable: the member answers a linearizable read: it reaches
+	// the leader and has applied up to the read index, so the others keep
+	// quorum without it and it is not defragmenting.
+	probeLinearizable
+	// probeSerializable: the member's backend answers a read (it is not
+	// blocked by a defrag).
+	probeSerializable
+)
+
+// reachable checks, in parallel, that every given member answers the probe,
+// and names those that do not. It is the one quorum check of the agent:
+// before queueing, at the health gate, and before each defrag of a NOSPACE
+// recovery.
+func (a *Agent) reachable(ctx context.Context, members []*pb.Member, how probe) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, m := range members {
+		wg.Go(func() {
+			if err := a.probe(ctx, m, how); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (a *Agent) probe(ctx context.Context, m *pb.Member, how probe) error {
+	if how == probeStatus {
+		if _, err := a.statusOfAny(ctx, m.ClientURLs); err != nil {
+			return fmt.Errorf("member %s is down: %w", memberName(m), err)
+		}
+		return nil
+	}
+	cli, err := a.peerClient(m)
+	if err == nil {
+		err = a.answers(ctx, cli, how == probeLinearizable)
+	}
+	if err != nil {
+		kind := "a serializable"
+		if how == probeLinearizable {
+			kind = "a linearizable"
+		}
+		return fmt.Errorf("member %s did not answer %s read: %w", memberName(m), kind, err)
+	}
+	return nil
+}
+
 // answers checks that the member behind cli serves a read: linearizable (it
 // reaches the leader and has applied up to the read index) or serializable
 // (its backend is not blocked, as it is during a defrag). A permission error
 // counts as an answer. ctx bounds the read, within CommandTimeout.
-func (a *Agent) answers(ctx context.Context, cli *clientv3.Client, linearizable bool) error {
+func (a *Agent) answers(ctx context.Context, cli memberReader, linearizable bool) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
 	opts := []clientv3.OpOption{clientv3.WithCountOnly()}
 	if !linearizable {
 		opts = append(opts, clientv3.WithSerializable())
 	}
-	_, err := cli.Get(ctx, a.keys.Health(), opts...)
-	if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	_, err := cli.Get(ctx, a.board.Keys().Health(), opts...)
+	if err != nil && !isPermissionDenied(err) {
 		return err
 	}
 	return nil
 }
 
-// allUp checks, in parallel, that every given member answers Status, and
-// names those that do not. Status answers while a member defragments, so
-// unlike allAnswer this finds only members that are down (killed, stopped,
-// unreachable), not one that is busy with its turn.
-func (a *Agent) allUp(ctx context.Context, members []*pb.Member) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for _, m := range members {
-		wg.Go(func() {
-			if _, err := a.statusOfAny(ctx, m.ClientURLs); err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("member %s is down: %w", memberName(m), err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// allAnswer checks, in parallel, that every given member answers a
-// linearizable read, and names those that do not.
-func (a *Agent) allAnswer(ctx context.Context, members []*pb.Member) error {
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for _, m := range members {
-		wg.Go(func() {
-			err := func() error {
-				cli, err := a.peerClient(m)
-				if err != nil {
-					return err
-				}
-				return a.answers(ctx, cli, true)
-			}()
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, fmt.Errorf("member %s did not answer a linearizable read: %w", memberName(m), err))
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
-// alarms lists the cluster's raised alarms, from a fresh Status of this
-// agent's member: Status carries them, where AlarmList is a raft request (a
-// write to the log every member must apply, which a leader that
-// defragments cannot, and a wait for this member to apply it).
-func (a *Agent) alarms(ctx context.Context) (nospace, corrupt []*pb.AlarmMember, err error) {
-	st, err := a.localStatus(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	nospace, corrupt = a.observeAlarms(st)
-	return nospace, corrupt, nil
-}
-
-// observeAlarms splits a status read's alarms and exports them as gauges.
-func (a *Agent) observeAlarms(st memberStatus) (nospace, corrupt []*pb.AlarmMember) {
-	for _, am := range st.Alarms {
-		switch am.Alarm {
-		case pb.AlarmType_NOSPACE:
-			nospace = append(nospace, am)
-		case pb.AlarmType_CORRUPT:
-			corrupt = append(corrupt, am)
-		}
-	}
-	a.metrics.alarm.WithLabelValues("nospace").Set(boolGauge(len(nospace) > 0))
-	a.metrics.alarm.WithLabelValues("corrupt").Set(boolGauge(len(corrupt) > 0))
-	return nospace, corrupt
-}
-
-// alarmError is how etcd lists a raised alarm among Status's errors (the
-// protobuf text of an AlarmMember): "memberID:10276657743932975437 alarm:NOSPACE".
-var alarmError = regexp.MustCompile(`^memberID:(\d+) alarm:([A-Z_]+)\s*$`)
-
-// parseAlarms reads the alarms among the errors of a Status response;
-// other errors ("etcdserver: no leader") are not alarms.
-func parseAlarms(errs []string) []*pb.AlarmMember {
-	var out []*pb.AlarmMember
-	for _, e := range errs {
-		m := alarmError.FindStringSubmatch(e)
-		if m == nil {
-			continue
-		}
-		id, err := strconv.ParseUint(m[1], 10, 64)
-		typ, known := pb.AlarmType_value[m[2]]
-		if err != nil || !known {
-			continue
-		}
-		out = append(out, &pb.AlarmMember{MemberID: id, Alarm: pb.AlarmType(typ)})
-	}
-	return out
+// memberReader reads from one member.
+type memberReader interface {
+	Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error)
 }
 
 func boolGauge(b bool) float64 {
@@ -308,14 +360,41 @@ func boolGauge(b bool) float64 {
 	return 0
 }
 
+// errPermission marks a missing-role finding as a permission error.
+var errPermission = errors.New("permission denied")
+
 // isPermissionDenied tells an etcd auth refusal.
 func isPermissionDenied(err error) bool {
-	return errors.Is(err, errPermission) || errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrGRPCPermissionDenied) ||
-		strings.Contains(fmt.Sprint(err), rpctypes.ErrPermissionDenied.Error())
+	return errors.Is(err, errPermission) || etcdIs(err, rpctypes.ErrGRPCPermissionDenied) ||
+		status.Code(err) == codes.PermissionDenied
 }
 
 // isNoSpace tells a write refused under the NOSPACE alarm.
-func isNoSpace(err error) bool {
-	return errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) ||
-		strings.Contains(fmt.Sprint(err), rpctypes.ErrNoSpace.Error())
+func isNoSpace(err error) bool { return etcdIs(err, rpctypes.ErrGRPCNoSpace) }
+
+// etcdIs reports whether err is, or wraps, etcd's error target, either as
+// etcd's client returns it (rpctypes.EtcdError) or as a gRPC status (the
+// same code and message).
+func etcdIs(err error, target error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, rpctypes.Error(target)) {
+		return true
+	}
+	s, ok := status.FromError(err)
+	t := status.Convert(target)
+	return ok && s.Code() == t.Code() && s.Message() == t.Message()
+}
+
+// isDeadline tells a request that ended on its deadline (etcd may go on):
+// the client's own, the server's, or etcd 3.4's answer to a request whose
+// deadline passed (code Unknown, "context deadline exceeded").
+func isDeadline(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	s, ok := status.FromError(err)
+	return ok && (s.Code() == codes.DeadlineExceeded ||
+		s.Code() == codes.Unknown && s.Message() == context.DeadlineExceeded.Error())
 }

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"slices"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 )
 
 // The duration forecast: how long a defrag of a member will take, from the
@@ -32,10 +35,21 @@ const (
 	rateDefault rateSource = "default" // none recorded yet: defaultCopyRate
 )
 
+// text says where the rate comes from, for messages.
+func (s rateSource) text() string {
+	switch s {
+	case rateOwn:
+		return "this member's recorded defrags"
+	case rateCluster:
+		return "the other members' recorded defrags"
+	}
+	return fmt.Sprintf("the default of %s/s: no member has a recorded defrag yet", bytesIEC(defaultCopyRate))
+}
+
 // copyRate returns the rate to forecast with: the median of the member's own
 // recorded rates, else the median of the other members' latest ones (members
 // of one cluster tend to run on alike disks), else defaultCopyRate.
-func copyRate(own *lastRecord, others []lastRecord) (float64, rateSource) {
+func copyRate(own *coord.Last, others map[uint64]coord.Last) (float64, rateSource) {
 	if own != nil && len(own.CopyRates) > 0 {
 		return median(own.CopyRates), rateOwn
 	}

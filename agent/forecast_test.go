@@ -4,24 +4,26 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 )
 
 func TestCopyRate(t *testing.T) {
 	const mib = 1 << 20
 	tests := []struct {
 		name     string
-		own      *lastRecord
-		others   []lastRecord
+		own      *coord.Last
+		others   map[uint64]coord.Last
 		wantRate float64
 		wantSrc  rateSource
 	}{
 		{"nothing recorded", nil, nil, defaultCopyRate, rateDefault},
-		{"own record without rates", &lastRecord{}, nil, defaultCopyRate, rateDefault},
-		{"own rates: the median", &lastRecord{CopyRates: []float64{300 * mib, 100 * mib, 200 * mib}}, nil, 200 * mib, rateOwn},
-		{"own rates, even count", &lastRecord{CopyRates: []float64{100 * mib, 200 * mib}}, nil, 150 * mib, rateOwn},
-		{"own rates win over the cluster's", &lastRecord{CopyRates: []float64{10 * mib}}, []lastRecord{{CopyRates: []float64{400 * mib}}}, 10 * mib, rateOwn},
-		{"the others' latest rates", nil, []lastRecord{
-			{CopyRates: []float64{1 * mib, 100 * mib}}, {CopyRates: []float64{300 * mib}}, {},
+		{"own record without rates", &coord.Last{}, nil, defaultCopyRate, rateDefault},
+		{"own rates: the median", &coord.Last{CopyRates: []float64{300 * mib, 100 * mib, 200 * mib}}, nil, 200 * mib, rateOwn},
+		{"own rates, even count", &coord.Last{CopyRates: []float64{100 * mib, 200 * mib}}, nil, 150 * mib, rateOwn},
+		{"own rates win over the cluster's", &coord.Last{CopyRates: []float64{10 * mib}}, map[uint64]coord.Last{2: {CopyRates: []float64{400 * mib}}}, 10 * mib, rateOwn},
+		{"the others' latest rates", nil, map[uint64]coord.Last{
+			2: {CopyRates: []float64{1 * mib, 100 * mib}}, 3: {CopyRates: []float64{300 * mib}}, 4: {},
 		}, 200 * mib, rateCluster},
 	}
 	for _, tc := range tests {

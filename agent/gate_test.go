@@ -9,8 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // TestLearnerSkipped: etcd cannot defragment a learner; its agent says so
@@ -35,7 +35,7 @@ func TestLearnerSkipped(t *testing.T) {
 	if got := testutil.ToFloat64(a.metrics.skips.WithLabelValues(string(ReasonLearner))); got != 1 {
 		t.Errorf("skips_total{reason=learner} = %v, want 1", got)
 	}
-	anns, _, err := lock.Announcements(t.Context(), c.ClientT(t), lock.NewKeys(testPrefix))
+	anns, _, err := coord.Announcements(t.Context(), c.ClientT(t), coord.NewKeys(testPrefix))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,16 +9,16 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
-// recoverNoSpace brings a cluster under the NOSPACE alarm back to writable.
-// Under NOSPACE etcd refuses puts and lease grants, so no agent can take the
-// lock. Instead, every agent joins a second queue (nospace/) in advance,
-// while the cluster is writable; taking one's turn in it needs no write. The
-// agent at its head acts alone: it waits until no agent holds the regular
-// lock, compacts (keeping --compaction-retention revisions) so there is
-// history to drop, defragments every voting member above
+// Under the NOSPACE alarm etcd refuses puts and lease grants, so no agent
+// can take the lock. Instead, every agent joins a second queue (nospace/) in
+// advance, while the cluster is writable; taking one's turn in it needs no
+// write. The agent at its head acts alone: it waits until no agent holds
+// the regular lock, compacts (keeping --compaction-retention revisions) so
+// there is history to drop, defragments every voting member above
 // --disalarm-threshold of its quota one at a time — followers first, the
 // leader last, each only when every other voting member answers a
 // linearizable read and the member itself is not busy — and disarms the
@@ -26,9 +26,21 @@ import (
 //
 // If no agent is queued (all of them started after the alarm was raised),
 // the agent of the current leader acts, re-checking before each defrag.
+
+// recovery is one agent's NOSPACE recovery.
+type recovery struct {
+	c *cycle
+	// queue is this agent's place at the head of the NOSPACE queue; nil when
+	// it acts as the leader's agent because nobody queued.
+	queue *lock.Mutex
+}
+
+// recoverNoSpace brings a cluster under the NOSPACE alarm back to writable,
+// or says why another agent does.
 func (c *cycle) recoverNoSpace(ctx context.Context) error {
 	a := c.a
-	queue, why, err := c.noSpaceTurn(ctx)
+	r := &recovery{c: c}
+	why, err := r.turn(ctx)
 	if err != nil {
 		return c.unavailable(ctx, err)
 	}
@@ -41,24 +53,20 @@ func (c *cycle) recoverNoSpace(ctx context.Context) error {
 		c.log.Warn("dry run: NOSPACE alarm raised; would compact, defragment the members over the threshold and disarm")
 		return c.skip(ReasonDryRun, nil)
 	}
-	// Another agent may have recovered the cluster since the alarm list was
-	// read; with the turn in hand, read it again.
-	alarms, _, err := a.alarms(ctx)
+	if r.queue != nil {
+		defer r.leaveQueue(ctx)
+	}
+	// Another agent may have recovered the cluster since the alarms were
+	// read; with the turn in hand, read them again.
+	alarms, _, err := r.alarms(ctx)
 	if err != nil {
 		return c.unavailable(ctx, err)
 	}
 	if len(alarms) == 0 {
-		if queue != nil {
-			c.leaveNoSpaceQueue(ctx, queue)
-		}
 		return c.skip(ReasonNoSpaceElsewhere, errors.New("NOSPACE was disarmed meanwhile"))
 	}
-	c.log.Warn("NOSPACE alarm raised; this agent recovers the cluster", "queued", queue != nil)
-	if queue != nil {
-		defer c.leaveNoSpaceQueue(ctx, queue)
-	}
-	err = c.noSpaceRecovery(ctx, queue, alarms)
-	if err != nil {
+	c.log.Warn("NOSPACE alarm raised; this agent recovers the cluster", "queued", r.queue != nil)
+	if err := r.run(ctx, alarms); err != nil {
 		a.metrics.nospaceRecoveries.WithLabelValues(resultError).Inc()
 		return err
 	}
@@ -66,68 +74,68 @@ func (c *cycle) recoverNoSpace(ctx context.Context) error {
 	return nil
 }
 
-// leaveNoSpaceQueue takes the agent out of the NOSPACE queue after its turn;
-// it joins again, at the back, once the cluster is writable.
-func (c *cycle) leaveNoSpaceQueue(ctx context.Context, queue *lock.Mutex) {
-	a := c.a
+// turn decides whether this agent acts under NOSPACE; if not, why.
+func (r *recovery) turn(ctx context.Context) (why string, err error) {
+	a := r.c.a
+	sess, q := a.presence.noSpaceQueue()
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	head, err := a.board.NoSpaceHead(ctx)
+	if err != nil {
+		return "", err
+	}
+	mine := sess != nil && !sess.Expired() && q != nil && head == q.Key()
+	if mine {
+		if err := q.Wait(ctx); err != nil { // at the head: returns at once, writes nothing
+			return "", err
+		}
+		r.queue = q
+	}
+	return noSpaceActor(mine, head, r.c.st.isLeader()), nil
+}
+
+// noSpaceActor says why this agent does not act under NOSPACE, or "" when
+// it does: it heads the queue, or nobody is queued and its member leads.
+func noSpaceActor(headsQueue bool, head string, leads bool) string {
+	switch {
+	case headsQueue:
+		return ""
+	case head != "":
+		return fmt.Sprintf("the agent first in the NOSPACE queue (%s) recovers", head)
+	case !leads:
+		return "no agent is queued for NOSPACE; the leader's agent recovers"
+	}
+	return ""
+}
+
+// leaveQueue takes the agent out of the NOSPACE queue after its turn; it
+// joins again, at the back, once the cluster is writable.
+func (r *recovery) leaveQueue(ctx context.Context) {
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lock.CleanupTimeout)
 	defer cancel()
-	if err := queue.Unlock(uctx); err != nil {
-		c.log.Warn("leaving the NOSPACE queue failed", "err", err)
+	if err := r.queue.Unlock(uctx); err != nil {
+		r.c.log.Warn("leaving the NOSPACE queue failed", "err", err)
 	}
-	a.mu.Lock()
-	if a.nospace == queue {
-		a.nospace = nil
-	}
-	a.mu.Unlock()
+	r.c.a.presence.dequeued(r.queue)
 }
 
-// noSpaceTurn decides whether this agent acts under NOSPACE. It returns the
-// queue it acts through (nil in the leader fallback), or why it does not act.
-func (c *cycle) noSpaceTurn(ctx context.Context) (*lock.Mutex, string, error) {
-	a := c.a
-	a.mu.Lock()
-	sess, q := a.session, a.nospace
-	a.mu.Unlock()
+// stillMine re-checks, right before each defrag, that this agent still
+// acts: it heads the queue, or — as the leader's agent — nobody is queued
+// and its member still leads.
+func (r *recovery) stillMine(ctx context.Context) error {
+	a := r.c.a
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	head, err := lock.Holder(ctx, a.clusterClient(), a.keys.NoSpace())
-	if err != nil {
-		return nil, "", err
-	}
-	if sess != nil && !sess.Expired() && q != nil && head == q.Key() {
-		if err := q.Wait(ctx); err != nil { // at the head: returns at once, writes nothing
-			return nil, "", err
-		}
-		return q, "", nil
-	}
-	if head != "" {
-		return nil, fmt.Sprintf("the agent first in the NOSPACE queue (%s) recovers", head), nil
-	}
-	if !c.st.isLeader() {
-		return nil, "no agent is queued for NOSPACE; the leader's agent recovers", nil
-	}
-	return nil, "", nil
-}
-
-// stillMyTurn re-checks, right before each defrag, that this agent still
-// acts: it heads the queue, or — in the leader fallback — nobody is queued and
-// its member still leads.
-func (c *cycle) stillMyTurn(ctx context.Context, queue *lock.Mutex) error {
-	a := c.a
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	defer cancel()
-	head, err := lock.Holder(ctx, a.clusterClient(), a.keys.NoSpace())
+	head, err := a.board.NoSpaceHead(ctx)
 	if err != nil {
 		return err
 	}
-	if queue != nil {
-		if head != queue.Key() {
-			return fmt.Errorf("lost the head of the NOSPACE queue to %q", head)
-		}
+	switch {
+	case r.queue != nil && head != r.queue.Key():
+		return fmt.Errorf("lost the head of the NOSPACE queue to %q", head)
+	case r.queue != nil:
 		return nil
-	}
-	if head != "" {
+	case head != "":
 		return fmt.Errorf("an agent joined the NOSPACE queue (%s)", head)
 	}
 	st, err := a.localStatus(ctx)
@@ -140,9 +148,20 @@ func (c *cycle) stillMyTurn(ctx context.Context, queue *lock.Mutex) error {
 	return nil
 }
 
-func (c *cycle) noSpaceRecovery(ctx context.Context, queue *lock.Mutex, alarms []*pb.AlarmMember) error {
-	a := c.a
-	if err := c.waitLockFree(ctx); err != nil {
+// alarms reads the NOSPACE alarms from a fresh status of this member.
+func (r *recovery) alarms(ctx context.Context) (nospace []*pb.AlarmMember, st memberStatus, err error) {
+	st, err = r.c.a.localStatus(ctx)
+	if err != nil {
+		return nil, st, err
+	}
+	nospace, _ = st.alarms()
+	return nospace, st, nil
+}
+
+// run is the recovery proper.
+func (r *recovery) run(ctx context.Context, alarms []*pb.AlarmMember) error {
+	c, a := r.c, r.c.a
+	if err := r.waitLockFree(ctx); err != nil {
 		return err
 	}
 	// Pass 1 keeps --compaction-retention revisions of history. Under NOSPACE
@@ -167,7 +186,7 @@ func (c *cycle) noSpaceRecovery(ctx context.Context, queue *lock.Mutex, alarms [
 				return c.fail(ReasonUnavailable, err)
 			}
 		}
-		if above, err = c.noSpacePass(ctx, queue); err != nil {
+		if above, err = r.pass(ctx); err != nil {
 			return err
 		}
 		if len(above) == 0 {
@@ -178,14 +197,24 @@ func (c *cycle) noSpaceRecovery(ctx context.Context, queue *lock.Mutex, alarms [
 		return c.fail(ReasonNoSpaceStuck, fmt.Errorf("after compaction to the newest revision and defrag, members still at or above %.0f%% of their quota: %v; delete data or raise --quota-backend-bytes",
 			a.cfg.DisalarmThreshold*100, above))
 	}
-
 	if !a.cfg.AutoDisalarm {
 		return c.skip(ReasonNoSpaceStuck, fmt.Errorf("every member is below %.0f%% of its quota, but --auto-disalarm is off: run etcdctl alarm disarm",
 			a.cfg.DisalarmThreshold*100))
 	}
-	// Every member raises its own alarm when it applies the write that
-	// crosses its quota, so one may arrive after the list was read. Every
-	// member is below the threshold now: disarm until none is left.
+	if err := r.disarm(ctx, alarms); err != nil {
+		return err
+	}
+	c.rep.Decision = DecisionRecovered
+	c.log.Warn("NOSPACE alarm disarmed; the cluster is writable", "defragmented", c.rep.Defragmented)
+	return nil
+}
+
+// disarm disarms the alarms, and again any a member raised late: every
+// member raises its own alarm when it applies the write that crosses its
+// quota, so one may arrive after the list was read. Every member is below
+// the threshold now.
+func (r *recovery) disarm(ctx context.Context, alarms []*pb.AlarmMember) error {
+	c, a := r.c, r.c.a
 	for round := 0; len(alarms) > 0; round++ {
 		if round == 5 {
 			return c.fail(ReasonUnavailable, fmt.Errorf("NOSPACE raised again after %d disarms: %v", round, alarms))
@@ -199,28 +228,27 @@ func (c *cycle) noSpaceRecovery(ctx context.Context, queue *lock.Mutex, alarms [
 			}
 		}
 		var err error
-		if alarms, _, err = a.alarms(ctx); err != nil {
+		if alarms, _, err = r.alarms(ctx); err != nil {
 			return c.unavailable(ctx, err)
 		}
 	}
-	c.rep.Decision = DecisionRecovered
-	c.log.Warn("NOSPACE alarm disarmed; the cluster is writable", "defragmented", c.rep.Defragmented)
 	return nil
 }
 
-// noSpacePass defragments, one at a time, every voting member at or above the
+// pass defragments, one at a time, every voting member at or above the
 // threshold, and returns those still above it afterwards.
-func (c *cycle) noSpacePass(ctx context.Context, queue *lock.Mutex) ([]string, error) {
+func (r *recovery) pass(ctx context.Context) ([]string, error) {
+	c := r.c
 	done := map[uint64]bool{}
 	for {
-		target, above, err := c.noSpaceTarget(ctx, done)
+		target, above, err := r.target(ctx, done)
 		if err != nil {
 			return nil, c.unavailable(ctx, err)
 		}
 		if target == nil {
 			return above, nil
 		}
-		if err := c.noSpaceDefrag(ctx, queue, target); err != nil {
+		if err := r.defragment(ctx, target); err != nil {
 			return nil, err
 		}
 		done[target.ID] = true
@@ -232,186 +260,182 @@ func (c *cycle) noSpacePass(ctx context.Context, queue *lock.Mutex) ([]string, e
 // defrag started under it cannot overlap the recovery. Agents in that queue
 // see NOSPACE at their health gate and leave; new ones cannot join (joining is
 // a write).
-func (c *cycle) waitLockFree(ctx context.Context) error {
-	a := c.a
+func (r *recovery) waitLockFree(ctx context.Context) error {
+	c, a := r.c, r.c.a
 	a.metrics.waiting.WithLabelValues(waitNoSpace).Set(1)
 	defer a.metrics.waiting.WithLabelValues(waitNoSpace).Set(0)
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.LockTimeout)
+	lctx, cancel := context.WithTimeout(ctx, a.cfg.LockTimeout)
 	defer cancel()
 	for {
-		resp, err := a.clusterClient().Get(ctx, a.keys.Lock(), clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return c.waitErr(ctx, err)
-		}
-		if resp.Count == 0 {
+		taken, rev, err := a.board.LockTaken(lctx)
+		if err == nil && !taken {
 			return nil
 		}
-		wctx, wcancel := context.WithTimeout(ctx, leaderPoll)
-		// A failed watch only means polling again.
-		_ = lock.WaitChange(wctx, a.clusterClient(), a.keys.Lock(), resp.Header.Revision)
-		wcancel()
-		if ctx.Err() != nil {
-			return c.waitErr(ctx, ctx.Err())
+		if err == nil {
+			wctx, wcancel := context.WithTimeout(lctx, leaderPoll)
+			_ = a.board.WaitLockChange(wctx, rev) // a failed watch only means polling again
+			wcancel()
+			err = lctx.Err()
+		}
+		switch {
+		case err == nil:
+		case errors.Is(lctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil:
+			return c.skip(ReasonLockTimeout, fmt.Errorf("the regular lock stayed taken for %v under NOSPACE: %w", a.cfg.LockTimeout, err))
+		default:
+			return c.unavailable(ctx, err)
 		}
 	}
 }
 
-func (c *cycle) waitErr(ctx context.Context, err error) error {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return c.skip(ReasonLockTimeout, fmt.Errorf("the regular lock stayed taken for %v under NOSPACE: %w", c.a.cfg.LockTimeout, err))
-	}
-	return c.unavailable(ctx, err)
+// memberSize is a voting member's file against its quota.
+type memberSize struct {
+	m      *pb.Member
+	st     memberStatus
+	leader bool
 }
 
-// noSpaceTarget picks the next member to defragment: a voting member at or
-// above the threshold that was not done yet, followers before the leader. It
-// also returns the members still above the threshold.
-func (c *cycle) noSpaceTarget(ctx context.Context, done map[uint64]bool) (*pb.Member, []string, error) {
-	a := c.a
+// target picks the next member to defragment (nil when none is left), and
+// the members still above the threshold.
+func (r *recovery) target(ctx context.Context, done map[uint64]bool) (*pb.Member, []string, error) {
+	c, a := r.c, r.c.a
 	members, err := a.memberList(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	c.members = members
-	var (
-		followers []*pb.Member
-		leader    *pb.Member
-		above     []string
-	)
+	var sizes []memberSize
 	for _, m := range voters(members) {
 		st, err := a.statusOfAny(ctx, m.ClientURLs)
 		if err != nil {
 			return nil, nil, err
 		}
-		if float64(st.DBSize) < a.cfg.DisalarmThreshold*float64(st.Quota) {
-			continue
-		}
-		above = append(above, fmt.Sprintf("%s %d/%d bytes", memberName(m), st.DBSize, st.Quota))
-		if done[m.ID] {
-			continue
-		}
-		if st.isLeader() {
-			leader = m
-		} else {
-			followers = append(followers, m)
-		}
+		sizes = append(sizes, memberSize{m: m, st: st, leader: st.isLeader()})
 	}
-	slices.SortFunc(followers, func(x, y *pb.Member) int { return cmpUint(x.ID, y.ID) })
-	switch {
-	case len(followers) > 0:
-		return followers[0], above, nil
-	case leader != nil:
-		return leader, above, nil
-	}
-	return nil, above, nil
+	t, above := noSpaceTarget(sizes, done, a.cfg.DisalarmThreshold)
+	return t, above, nil
 }
 
-func cmpUint(x, y uint64) int {
-	switch {
-	case x < y:
-		return -1
-	case x > y:
-		return 1
+// noSpaceTarget picks, among the voting members at or above threshold of
+// their quota not done yet, the follower with the lowest ID, else the
+// leader; and names every member at or above the threshold.
+func noSpaceTarget(sizes []memberSize, done map[uint64]bool, threshold float64) (*pb.Member, []string) {
+	var (
+		followers []*pb.Member
+		leader    *pb.Member
+		above     []string
+	)
+	for _, s := range sizes {
+		if float64(s.st.DBSize) < threshold*float64(s.st.Quota) {
+			continue
+		}
+		above = append(above, fmt.Sprintf("%s %d/%d bytes", memberName(s.m), s.st.DBSize, s.st.Quota))
+		switch {
+		case done[s.m.ID]:
+		case s.leader:
+			leader = s.m
+		default:
+			followers = append(followers, s.m)
+		}
 	}
-	return 0
+	slices.SortFunc(followers, func(x, y *pb.Member) int {
+		switch {
+		case x.ID < y.ID:
+			return -1
+		case x.ID > y.ID:
+			return 1
+		}
+		return 0
+	})
+	if len(followers) > 0 {
+		return followers[0], above
+	}
+	return leader, above
 }
 
-// noSpaceDefrag defragments one member under NOSPACE after the gate, and
-// waits until it answers again.
-func (c *cycle) noSpaceDefrag(ctx context.Context, queue *lock.Mutex, target *pb.Member) error {
-	a := c.a
+// defragment defragments one member under NOSPACE, after the same checks
+// as a turn: quorum, every other voting member answers a linearizable read,
+// the target itself answers (is not busy), and this agent still acts.
+func (r *recovery) defragment(ctx context.Context, target *pb.Member) error {
+	c, a := r.c, r.c.a
 	vs := voters(c.members)
-	others := slices.DeleteFunc(slices.Clone(vs), func(m *pb.Member) bool { return m.ID == target.ID })
 	if len(vs) < 3 && !a.cfg.AllowQuorumLoss {
 		return c.skip(ReasonQuorum, fmt.Errorf("%d voting member(s) and no --allow-quorum-loss", len(vs)))
 	}
-	if err := a.allAnswer(ctx, others); err != nil {
+	if err := a.reachable(ctx, without(vs, target.ID), probeLinearizable); err != nil {
 		return c.skip(ReasonUnhealthy, err)
 	}
-	cli, err := a.peerClient(target)
-	if err != nil {
-		return c.unavailable(ctx, err)
+	if err := a.reachable(ctx, []*pb.Member{target}, probeSerializable); err != nil {
+		return c.skip(ReasonMemberBusy, err)
 	}
-	if err := a.answers(ctx, cli, false); err != nil {
-		return c.skip(ReasonMemberBusy, fmt.Errorf("member %s does not answer: %w", memberName(target), err))
-	}
-	if err := c.stillMyTurn(ctx, queue); err != nil {
+	if err := r.stillMine(ctx); err != nil {
 		return c.skip(ReasonNoSpaceElsewhere, err)
 	}
 	st, err := a.statusOfAny(ctx, target.ClientURLs)
 	if err != nil {
 		return c.unavailable(ctx, err)
 	}
-	c.overrideGuards(ctx, target, st)
+	cli, err := a.peerClient(target)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	r.overrideGuards(ctx, target, st)
 	c.log.Warn("NOSPACE: defragmenting", "target", memberName(target), "endpoint", st.Endpoint,
 		"db_size_bytes", st.DBSize, "db_quota_bytes", st.Quota)
-	start := a.now()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.DefragTimeout)
 	defer cancel()
-	_, derr := a.local.Defragment(dctx, st.Endpoint)
-	werr := a.waitAnswers(dctx, cli)
-	took := a.now().Sub(start)
+	d := a.defragmentAndWait(dctx, st.Endpoint, cli)
 	if target.ID == c.st.ID {
-		a.metrics.defragDuration.Observe(took.Seconds())
+		a.metrics.defragDuration.Observe(d.took.Seconds())
 	}
-	switch {
-	case werr != nil:
-		return c.fail(ReasonMemberBusy, fmt.Errorf("member %s did not answer within --defrag-timeout after its defrag: %w", memberName(target), werr))
-	case derr != nil && isPermissionDenied(derr):
-		return c.fail(ReasonPermission, fmt.Errorf("defragment %s: %w (the etcd user %q needs the root role)", st.Endpoint, derr, a.cfg.User))
-	case derr != nil && !isTimeout(derr):
-		return c.fail(ReasonUnavailable, fmt.Errorf("defragment %s: %w", st.Endpoint, derr))
+	after, aerr := a.statusOfAny(dctx, target.ClientURLs)
+	if reason, err := defragOutcome(d, st.Endpoint, aerr == nil && after.DBSize < st.DBSize, a.cfg.DefragTimeout); reason != "" {
+		if reason == ReasonPermission {
+			err = fmt.Errorf("%w (the etcd user %q needs the root role)", err, a.cfg.User)
+		}
+		return c.fail(reason, fmt.Errorf("NOSPACE: %s: %w", memberName(target), err))
 	}
-	after, _ := a.statusOfAny(dctx, target.ClientURLs)
-	c.log.Warn("NOSPACE: defragmented", "target", memberName(target), "defrag_seconds", took.Seconds(),
+	c.log.Warn("NOSPACE: defragmented", "target", memberName(target), "defrag_seconds", d.took.Seconds(),
 		"db_size_bytes", after.DBSize)
 	return nil
 }
 
-// overrideGuards checks the guards for a member the NOSPACE recovery is
-// about to defragment, and says loudly when one would refuse: the recovery
-// goes on anyway, because refusing keeps the cluster read-only. A defrag
-// killed by etcd's liveness probe is aborted safely by etcd (from 3.5.6),
-// and one that runs out of disk fails cleanly (etcd removes its copy and
-// keeps the old file); neither loses data, and under NOSPACE there are
-// almost no writes for etcd's log to need room for. The free disk is known
-// for this agent's own member only.
-func (c *cycle) overrideGuards(ctx context.Context, target *pb.Member, st memberStatus) {
-	a := c.a
-	own, others, err := c.records(ctx)
+// overrideGuards checks the guards for a member the recovery is about to
+// defragment, and says loudly when one would refuse: the recovery goes on
+// anyway, because refusing keeps the cluster read-only. A defrag killed by
+// etcd's liveness probe is aborted safely by etcd (from 3.5.6), and one that
+// runs out of disk fails cleanly (etcd removes its copy and keeps the old
+// file); neither loses data, and under NOSPACE there are almost no writes
+// for etcd's log to need room for. The free disk is known for this agent's
+// own member only.
+func (r *recovery) overrideGuards(ctx context.Context, target *pb.Member, st memberStatus) {
+	c, a := r.c, r.c.a
+	recs, _, err := a.board.Lasts(ctx)
 	if err != nil {
 		c.log.Debug("reading the last-defrag records for the forecast failed", "err", err)
 	}
-	var targetRec *lastRecord
-	if target.ID == c.st.ID {
-		targetRec = own
-	} else {
-		for i := range others {
-			if others[i].Member == fmt.Sprintf("%x", target.ID) {
-				targetRec = &others[i]
-			}
-		}
-		if own != nil {
-			others = append(others, *own)
-		}
+	var own *coord.Last
+	if rec, ok := recs[target.ID]; ok {
+		own = &rec
 	}
-	rate, src := copyRate(targetRec, others)
+	delete(recs, target.ID)
+	rate, src := copyRate(own, recs)
 	diskFree := int64(-1)
 	if target.ID == c.st.ID && a.cfg.DataDir != "" {
 		if free, err := a.diskFree(a.cfg.DataDir); err == nil {
 			diskFree = free
 		}
 	}
-	for _, g := range []struct{ guard, why string }{
-		{guardProbeBudget, c.probeBudget(st.DBSizeInUse, expectedDuration(st.DBSizeInUse, rate), src)},
-		{guardDiskSpace, c.diskSpace(st.DBSizeInUse, diskFree)},
+	g := guards{maxDuration: a.cfg.MaxDefragDuration, dataDir: a.cfg.DataDir, headroom: a.cfg.DiskHeadroom}
+	for _, o := range []struct{ guard, why string }{
+		{guardProbeBudget, g.probeBudget(st.DBSizeInUse, expectedDuration(st.DBSizeInUse, rate), src)},
+		{guardDiskSpace, g.diskSpace(st.DBSizeInUse, diskFree)},
 	} {
-		if g.why == "" {
+		if o.why == "" {
 			continue
 		}
-		a.metrics.guardOverrides.WithLabelValues(g.guard).Inc()
-		c.rep.Warnings = append(c.rep.Warnings, fmt.Sprintf("NOSPACE recovery overrode %s for %s: %s", g.guard, memberName(target), g.why))
+		a.metrics.guardOverrides.WithLabelValues(o.guard).Inc()
+		c.rep.Warnings = append(c.rep.Warnings, fmt.Sprintf("NOSPACE recovery overrode %s for %s: %s", o.guard, memberName(target), o.why))
 		c.log.Error("NOSPACE: defragmenting although a guard would refuse: the cluster stays read-only otherwise",
-			"guard", g.guard, "target", memberName(target), "why", g.why)
+			"guard", o.guard, "target", memberName(target), "why", o.why)
 	}
 }

@@ -13,8 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 const smallQuota = 16 << 20
@@ -57,7 +57,7 @@ func noSpaceRaised(t testing.TB, cli *clientv3.Client) bool {
 // queued returns the number of agents in the NOSPACE queue.
 func queued(t testing.TB, cli *clientv3.Client) int64 {
 	t.Helper()
-	resp, err := cli.Get(t.Context(), lock.NewKeys(testPrefix).NoSpace(), clientv3WithPrefix()...)
+	resp, err := cli.Get(t.Context(), coord.NewKeys(testPrefix).NoSpace(), clientv3WithPrefix()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +188,17 @@ func TestNoSpaceFallbackToLeader(t *testing.T) {
 	cli := c.ClientT(t)
 	fillUntilNoSpace(t, cli, 4, 64<<10)
 	l := leader(t, c)
+	// The agents read the alarms from their member's Status: every member
+	// must have applied the alarm for each agent to see it at once.
+	waitFor(t, 30*time.Second, "every member's Status listing NOSPACE", func() bool {
+		for _, m := range c.Members() {
+			st, err := cli.Status(t.Context(), m.ClientURL)
+			if err != nil || len(st.Errors) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 
 	var agents []*testAgent
 	for _, m := range c.Members() {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 )
 
 // Decision is how a cycle ended.
@@ -18,13 +20,8 @@ const (
 	DecisionRecovered    Decision = "recovered"    // this agent brought the cluster back from NOSPACE
 )
 
-// Sizes are a member's database sizes at one moment.
-type Sizes struct {
-	DBSize      int64 `json:"db_size_bytes"`
-	DBSizeInUse int64 `json:"db_size_in_use_bytes"`
-	DBQuota     int64 `json:"db_quota_bytes"`
-	Revision    int64 `json:"revision"`
-}
+// Sizes are a member's database sizes at one moment, as last/ records them.
+type Sizes = coord.Sizes
 
 // Report is what one cycle did. /status serves the last one as JSON, and the
 // cycle's one log event carries the same fields.

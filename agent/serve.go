@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-co-op/gocron/v2"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
@@ -130,8 +131,9 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 			}
 			continue
 		}
+		sess := a.presence.session()
 		a.mu.Lock()
-		sess, self := a.session, a.memberID
+		self := a.memberID
 		a.mu.Unlock()
 		if sess == nil { // a learner or a dry run: nothing to announce, nothing to react to
 			if !sleepCtx(ctx, a.cfg.LockTTL) {
@@ -147,12 +149,10 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 			case <-wctx.Done():
 			}
 		}()
-		err = lock.WatchAnnouncements(wctx, a.clusterClient(), a.keys, rev, func(x lock.Announcement) {
-			if x.Leader && x.State == lock.StatePending && x.Member != self && x.Revision > lastRequest {
+		err = a.board.WatchAnnouncements(wctx, rev, func(x coord.Announcement) {
+			if x.Leader && x.State == coord.StatePending && x.Member != self && x.Revision > lastRequest {
 				lastRequest = x.Revision
-				a.mu.Lock()
-				a.leaderAsked = max(a.leaderAsked, x.Revision)
-				a.mu.Unlock()
+				a.presence.asked(x.Revision)
 				a.log.Debug("the leader's agent asks followers to decide", "leader", fmt.Sprintf("%x", x.Member))
 				requestCycle()
 			}
@@ -192,7 +192,7 @@ func (a *Agent) prepare(ctx context.Context) (rev int64, replaced bool, err erro
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	_, rev, err = lock.Announcements(ctx, a.clusterClient(), a.keys)
+	_, rev, err = a.board.Announcements(ctx)
 	return rev, replaced, err
 }
 

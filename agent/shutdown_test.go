@@ -7,8 +7,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // TestShutdownWaitsForDefrag: SIGTERM (the end of Serve's context) while the
@@ -19,7 +19,7 @@ func TestShutdownWaitsForDefrag(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
 	slowFill(t, c)
 	m := followers(t, c)[0]
-	keys := lock.NewKeys(testPrefix)
+	keys := coord.NewKeys(testPrefix)
 
 	sent, signal := signalDefrag()
 	a := newTestAgent(t, c, m, "true", withLocalInterceptor(signal))

@@ -18,6 +18,7 @@ import (
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
@@ -47,11 +48,11 @@ func holdLock(t testing.TB, c *etcdtest.Cluster) func() {
 }
 
 // waitAnnounced waits until an agent of member id announces state.
-func waitAnnounced(t testing.TB, c *etcdtest.Cluster, id uint64, state lock.State) {
+func waitAnnounced(t testing.TB, c *etcdtest.Cluster, id uint64, state coord.State) {
 	t.Helper()
 	cli := c.ClientT(t)
 	waitFor(t, 30*time.Second, "announcement "+string(state), func() bool {
-		anns, _, err := lock.Announcements(t.Context(), cli, lock.NewKeys(testPrefix))
+		anns, _, err := coord.Announcements(t.Context(), cli, coord.NewKeys(testPrefix))
 		if err != nil {
 			return false
 		}
@@ -76,7 +77,7 @@ func TestLeaderWaitsForPendingFollower(t *testing.T) {
 	la := newTestAgent(t, c, l, "true", withConfig(func(c *Config) { c.LeaderWaitTimeout = time.Second }))
 	fdone := make(chan error, 1)
 	go func() { fdone <- fa.RunOnce(t.Context()) }()
-	waitAnnounced(t, c, fs[0].ID, lock.StatePending)
+	waitAnnounced(t, c, fs[0].ID, coord.StatePending)
 
 	err := la.RunOnce(t.Context())
 	if got := blockedReason(t, err); got != ReasonLeaderWait {
@@ -215,7 +216,7 @@ func TestAgentVanishesMidDefrag(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{MaxTxnOps: 1000})
 	slowFill(t, c)
 	fs := followers(t, c)
-	keys := lock.NewKeys(testPrefix)
+	keys := coord.NewKeys(testPrefix)
 
 	sent, signal := signalDefrag()
 	a := newTestAgent(t, c, fs[0], "true", withLocalInterceptor(signal))
@@ -254,8 +255,6 @@ func TestAgentVanishesMidDefrag(t *testing.T) {
 // vanish closes the agent's clients without ending its session, as if the
 // process died: the lease stays until its TTL runs out.
 func (a *testAgent) vanish() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.local.Close()
 	a.cluster.Close()
 }
@@ -271,11 +270,9 @@ func TestLostLeaseStopsAgent(t *testing.T) {
 	a := newTestAgent(t, c, fs[0], "true")
 	done := make(chan error, 1)
 	go func() { done <- a.RunOnce(t.Context()) }()
-	waitAnnounced(t, c, fs[0].ID, lock.StatePending)
+	waitAnnounced(t, c, fs[0].ID, coord.StatePending)
 
-	a.mu.Lock()
-	lease := a.session.Lease()
-	a.mu.Unlock()
+	lease := a.presence.session().Lease()
 	if _, err := c.ClientT(t).Revoke(t.Context(), lease); err != nil {
 		t.Fatal(err)
 	}
@@ -307,9 +304,7 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 	adone := make(chan error, 1)
 	go func() { adone <- a.RunOnce(t.Context()) }()
 	<-sent
-	a.mu.Lock()
-	lease := a.session.Lease()
-	a.mu.Unlock()
+	lease := a.presence.session().Lease()
 	// Not through the member that defragments: it applies nothing meanwhile.
 	if _, err := c.ClientT(t, fs[1].ClientURL).Revoke(t.Context(), lease); err != nil {
 		t.Fatal(err)
@@ -323,7 +318,7 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 	}
 	// Whoever removed the in-flight record, the first defrag is recorded:
 	// its cooldown must hold.
-	rec, found, err := lock.Get[lastRecord](t.Context(), c.ClientT(t), lock.NewKeys(testPrefix).Last(fs[0].ID))
+	rec, found, err := coord.Get[coord.Last](t.Context(), c.ClientT(t), coord.NewKeys(testPrefix).Last(fs[0].ID))
 	if err != nil || !found || rec.Value.Result != resultSuccess {
 		t.Errorf("last record of the member whose agent lost its lease: found %v, err %v, %+v", found, err, rec.Value)
 	}
@@ -346,7 +341,7 @@ func TestLeaseEndsMidDefrag(t *testing.T) {
 func TestUnlockFailureReleasesLock(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
 	fs := followers(t, c)
-	lockKeys := lock.NewKeys(testPrefix).Lock()
+	lockKeys := coord.NewKeys(testPrefix).Lock()
 	var refused atomic.Int64
 	var broken atomic.Bool
 	broken.Store(true)
@@ -381,9 +376,7 @@ func TestUnlockFailureReleasesLock(t *testing.T) {
 	if refused.Load() < 2 {
 		t.Fatalf("unlock attempted %d times, want retries", refused.Load())
 	}
-	a.mu.Lock()
-	dropped := a.session == nil
-	a.mu.Unlock()
+	dropped := a.presence.session() == nil
 	if !dropped {
 		t.Fatal("the session that holds the lock key is still kept alive")
 	}
@@ -403,9 +396,7 @@ func TestUnlockFailureReleasesLock(t *testing.T) {
 	if err := a.RunOnce(t.Context()); err != nil && ReasonOf(err) == "" {
 		t.Fatalf("next cycle: %v", err)
 	}
-	a.mu.Lock()
-	renewed := a.session != nil
-	a.mu.Unlock()
+	renewed := a.presence.session() != nil
 	if !renewed {
 		t.Error("the next cycle did not start a new session")
 	}
@@ -449,7 +440,7 @@ func TestVerifyHashMismatch(t *testing.T) {
 	if got := a.LastReport().Decision; got != DecisionFailed {
 		t.Errorf("decision = %q, want %q", got, DecisionFailed)
 	}
-	rec, found, err := lock.Get[lastRecord](t.Context(), c.ClientT(t), lock.NewKeys(testPrefix).Last(fs[0].ID))
+	rec, found, err := coord.Get[coord.Last](t.Context(), c.ClientT(t), coord.NewKeys(testPrefix).Last(fs[0].ID))
 	if err != nil || !found {
 		t.Fatalf("last record: found %v, err %v", found, err)
 	}

@@ -29,7 +29,7 @@ func ExampleMutex() {
 	}
 	defer func() { _ = cli.Close() }()
 
-	keys := lock.NewKeys("/etcd-defrag-agent")
+	const prefix = "/etcd-defrag-agent/"
 	var mutexes []*lock.Mutex
 	for range 2 {
 		s, err := lock.NewSession(ctx, cli, 5*time.Second)
@@ -42,7 +42,7 @@ func ExampleMutex() {
 			defer cancel()
 			_ = s.Close(cctx) // revokes the lease: its queue key goes too
 		}()
-		mutexes = append(mutexes, lock.NewMutex(s, keys.Lock()))
+		mutexes = append(mutexes, lock.NewMutex(s, prefix+"lock/"))
 	}
 	a, b := mutexes[0], mutexes[1]
 
@@ -64,7 +64,7 @@ func ExampleMutex() {
 
 	// Writes under the lock are fenced: they fail with ErrNotOwner once the
 	// lock is lost.
-	if _, err := a.Fenced(ctx, clientv3.OpPut(keys.Defrag(0x1a), `{"member":"1a"}`)); err != nil {
+	if _, err := a.Fenced(ctx, clientv3.OpPut(prefix+"defrag/1a", `{"member":"1a"}`)); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -77,7 +77,7 @@ func ExampleMutex() {
 		fmt.Println(err)
 		return
 	}
-	if _, err := a.Fenced(ctx, clientv3.OpDelete(keys.Defrag(0x1a))); err != nil {
+	if _, err := a.Fenced(ctx, clientv3.OpDelete(prefix+"defrag/1a")); err != nil {
 		fmt.Println("a after its turn:", err)
 	}
 	// Output:
@@ -85,23 +85,4 @@ func ExampleMutex() {
 	// a releases the lock
 	// b holds the lock
 	// a after its turn: lock: not the lock owner
-}
-
-func ExampleNewKeys() {
-	k := lock.NewKeys("/etcd-defrag-agent") // the trailing slash is added
-	const member = 0x8e9e05c52164694d
-	fmt.Println(k.Lock())
-	fmt.Println(k.NoSpace())
-	fmt.Println(k.Agent(member, 0x694d7c3f0a3b1e02))
-	fmt.Println(k.Defrag(member))
-	fmt.Println(k.Last(member))
-	id, ok := k.MemberOf(k.Last(member))
-	fmt.Printf("%x %v\n", id, ok)
-	// Output:
-	// /etcd-defrag-agent/lock/
-	// /etcd-defrag-agent/nospace/
-	// /etcd-defrag-agent/agents/8e9e05c52164694d/694d7c3f0a3b1e02
-	// /etcd-defrag-agent/defrag/8e9e05c52164694d
-	// /etcd-defrag-agent/last/8e9e05c52164694d
-	// 8e9e05c52164694d true
 }

@@ -12,8 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // observer tells the round from outside the agents: it watches the agents'
@@ -23,27 +23,27 @@ import (
 type observer struct {
 	d    *demo
 	n    *narrator
-	keys lock.Keys
+	keys coord.Keys
 	rev  int64 // the watch starts after this revision
 
-	leaseMember map[int64]uint64            // session lease → member, from the announcement keys
-	ann         map[int64]lock.Announcement // latest announcement per lease
-	leaderSince map[int64]time.Time         // when a leader's agent announced pending: its wait began
-	queue       map[int64]int64             // lease → create revision of its key in the lock's queue
-	queuedAt    map[int64]time.Time         // lease → when it queued
-	holder      int64                       // lease whose key is oldest in the queue, 0 for none
-	told        int                         // defrags whose start was told
-	ended       map[int]bool                // defrags whose end was told
-	lookups     sync.WaitGroup              // Status reads after a defrag
-	completeCh  chan struct{}               // closed once every member was defragmented and every agent is idle
-	goneCh      chan struct{}               // closed once every agent's announcement is gone again
-	seenAgents  bool                        // some announcement was seen
+	leaseMember map[int64]uint64             // session lease → member, from the announcement keys
+	ann         map[int64]coord.Announcement // latest announcement per lease
+	leaderSince map[int64]time.Time          // when a leader's agent announced pending: its wait began
+	queue       map[int64]int64              // lease → create revision of its key in the lock's queue
+	queuedAt    map[int64]time.Time          // lease → when it queued
+	holder      int64                        // lease whose key is oldest in the queue, 0 for none
+	told        int                          // defrags whose start was told
+	ended       map[int]bool                 // defrags whose end was told
+	lookups     sync.WaitGroup               // Status reads after a defrag
+	completeCh  chan struct{}                // closed once every member was defragmented and every agent is idle
+	goneCh      chan struct{}                // closed once every agent's announcement is gone again
+	seenAgents  bool                         // some announcement was seen
 	completeSet bool
 	goneSet     bool
 }
 
 // newObserver reads the revision to watch from; start it with run.
-func newObserver(ctx context.Context, d *demo, n *narrator, keys lock.Keys) (*observer, error) {
+func newObserver(ctx context.Context, d *demo, n *narrator, keys coord.Keys) (*observer, error) {
 	resp, err := d.cli.Get(ctx, keys.Prefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", keys.Prefix(), err)
@@ -51,7 +51,7 @@ func newObserver(ctx context.Context, d *demo, n *narrator, keys lock.Keys) (*ob
 	return &observer{
 		d: d, n: n, keys: keys, rev: resp.Header.Revision,
 		leaseMember: map[int64]uint64{},
-		ann:         map[int64]lock.Announcement{},
+		ann:         map[int64]coord.Announcement{},
 		leaderSince: map[int64]time.Time{},
 		queue:       map[int64]int64{},
 		queuedAt:    map[int64]time.Time{},
@@ -144,7 +144,7 @@ func (o *observer) event(ev *clientv3.Event) {
 			o.agentGone(now, lease)
 			return
 		}
-		var a lock.Announcement
+		var a coord.Announcement
 		if err := json.Unmarshal(ev.Kv.Value, &a); err != nil {
 			return
 		}
@@ -191,7 +191,7 @@ func (o *observer) who(lease int64) string {
 }
 
 // announced tells a change of an agent's announcement.
-func (o *observer) announced(at time.Time, lease int64, a lock.Announcement) {
+func (o *observer) announced(at time.Time, lease int64, a coord.Announcement) {
 	prev, seen := o.ann[lease]
 	o.ann[lease] = a
 	o.leaseMember[lease] = a.Member
@@ -201,9 +201,9 @@ func (o *observer) announced(at time.Time, lease int64, a lock.Announcement) {
 		return // a refresh
 	}
 	switch a.State {
-	case lock.StateStarting:
+	case coord.StateStarting:
 		o.n.say(at, "keys", "%s is up: session lease %x, announces itself", who, lease)
-	case lock.StateIdle:
+	case coord.StateIdle:
 		switch {
 		case !seen:
 			o.n.say(at, "keys", "%s is up: session lease %x, announces itself idle", who, lease)
@@ -211,7 +211,7 @@ func (o *observer) announced(at time.Time, lease int64, a lock.Announcement) {
 			o.n.say(at, "keys", "%s decided: no turn (%s)", who, a.Reason)
 		}
 		// Idle after a turn: the lock's release and the agent's cycle event tell it.
-	case lock.StatePending:
+	case coord.StatePending:
 		if a.Leader {
 			if _, waiting := o.leaderSince[lease]; !waiting {
 				o.leaderSince[lease] = at
@@ -220,7 +220,7 @@ func (o *observer) announced(at time.Time, lease int64, a lock.Announcement) {
 		} else {
 			o.n.say(at, "keys", "%s: the rule fires → pending", who)
 		}
-	case lock.StateRecovering:
+	case coord.StateRecovering:
 		o.n.say(at, "keys", "%s brings the cluster back from NOSPACE", who)
 	}
 	// locked and defragmenting: the lock's queue and etcd's log lines tell it.

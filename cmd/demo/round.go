@@ -12,8 +12,8 @@ import (
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/config"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
@@ -127,7 +127,7 @@ func (d *demo) round(ctx context.Context, r *rule.Rule) (res roundResult, err er
 	for _, x := range agents {
 		res.agents = append(res.agents, x.a)
 	}
-	keys := lock.NewKeys(config.Default().LockPrefix)
+	keys := coord.NewKeys(config.Default().LockPrefix)
 	obs, err := newObserver(ctx, d, n, keys)
 	if err != nil {
 		return res, err

@@ -1,11 +1,11 @@
-package lock_test
+package coord_test
 
 import (
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 )
 
 func TestKeys(t *testing.T) {
@@ -14,7 +14,7 @@ func TestKeys(t *testing.T) {
 		lease  = clientv3.LeaseID(0x694d7c3f0a3b1e02)
 	)
 	for _, prefix := range []string{"/etcd-defrag-agent/", "/etcd-defrag-agent"} {
-		k := lock.NewKeys(prefix)
+		k := coord.NewKeys(prefix)
 		tests := []struct {
 			name, got, want string
 		}{
@@ -38,7 +38,7 @@ func TestKeys(t *testing.T) {
 }
 
 func TestKeysMemberOf(t *testing.T) {
-	k := lock.NewKeys("/p")
+	k := coord.NewKeys("/p")
 	const member = uint64(0x8e9e05c52164694d)
 	tests := []struct {
 		name   string

@@ -1,4 +1,4 @@
-package lock
+package coord
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // State is what an agent is doing, as its peers see it.
@@ -65,7 +67,7 @@ type Announcement struct {
 
 // OpAnnounce is the put of an announcement, for a fenced transaction: the
 // same key, value and lease as Announce.
-func OpAnnounce(s *Session, keys Keys, member uint64, a Announcement) (clientv3.Op, error) {
+func OpAnnounce(s *lock.Session, keys Keys, member uint64, a Announcement) (clientv3.Op, error) {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return clientv3.Op{}, fmt.Errorf("encode announcement: %w", err)
@@ -76,7 +78,7 @@ func OpAnnounce(s *Session, keys Keys, member uint64, a Announcement) (clientv3.
 // Announce writes the announcement of the session's agent for member, bound to
 // the session's lease, and returns the revision of the write. ctx bounds the
 // request.
-func Announce(ctx context.Context, s *Session, keys Keys, member uint64, a Announcement) (int64, error) {
+func Announce(ctx context.Context, s *lock.Session, keys Keys, member uint64, a Announcement) (int64, error) {
 	op, err := OpAnnounce(s, keys, member, a)
 	if err != nil {
 		return 0, err
@@ -139,7 +141,7 @@ func decodeAnnouncement(keys Keys, kv *mvccpb.KeyValue) (Announcement, bool) {
 // each write of a key at most once, in increasing revision per key; writes
 // overwritten between two reads of a stalled watch are not seen, deletions
 // never. It returns the watch error that ended it, or ctx's error.
-func WatchAnnouncements(ctx context.Context, cli Client, keys Keys, rev int64, fn func(Announcement)) error {
+func WatchAnnouncements(ctx context.Context, cli lock.Client, keys Keys, rev int64, fn func(Announcement)) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	seen := map[string]int64{} // key → the revision last passed to fn
@@ -150,7 +152,7 @@ func WatchAnnouncements(ctx context.Context, cli Client, keys Keys, rev int64, f
 			fn(a)
 		}
 	}
-	poll := time.NewTicker(Poll)
+	poll := time.NewTicker(lock.Poll)
 	defer poll.Stop()
 	wch := cli.Watch(wctx, keys.Agents(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	for {
@@ -194,7 +196,7 @@ const pollReadTimeout = 5 * time.Second
 
 // WaitChange blocks until a key under prefix is written or deleted after
 // revision rev, or ctx ends (then it returns ctx's error).
-func WaitChange(ctx context.Context, cli Client, prefix string, rev int64) error {
+func WaitChange(ctx context.Context, cli lock.Client, prefix string, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {

@@ -1,4 +1,4 @@
-package lock_test
+package coord_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
@@ -18,9 +19,9 @@ import (
 var when = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 
 // announceT announces a for member and returns the revision of the write.
-func announceT(t *testing.T, s *lock.Session, keys lock.Keys, member uint64, a lock.Announcement) int64 {
+func announceT(t *testing.T, s *lock.Session, keys coord.Keys, member uint64, a coord.Announcement) int64 {
 	t.Helper()
-	rev, err := lock.Announce(t.Context(), s, keys, member, a)
+	rev, err := coord.Announce(t.Context(), s, keys, member, a)
 	if err != nil {
 		t.Fatalf("Announce: %v", err)
 	}
@@ -29,13 +30,13 @@ func announceT(t *testing.T, s *lock.Session, keys lock.Keys, member uint64, a l
 
 // announcementsT returns every announcement by member and the revision they
 // were read at.
-func announcementsT(t *testing.T, cli *clientv3.Client, keys lock.Keys) (map[uint64]lock.Announcement, int64) {
+func announcementsT(t *testing.T, cli *clientv3.Client, keys coord.Keys) (map[uint64]coord.Announcement, int64) {
 	t.Helper()
-	anns, rev, err := lock.Announcements(t.Context(), cli, keys)
+	anns, rev, err := coord.Announcements(t.Context(), cli, keys)
 	if err != nil {
 		t.Fatalf("Announcements: %v", err)
 	}
-	byMember := make(map[uint64]lock.Announcement)
+	byMember := make(map[uint64]coord.Announcement)
 	for _, a := range anns {
 		if _, dup := byMember[a.Member]; dup {
 			t.Fatalf("two announcements of member %x", a.Member)
@@ -48,11 +49,11 @@ func announcementsT(t *testing.T, cli *clientv3.Client, keys lock.Keys) (map[uin
 func TestAnnouncements(t *testing.T) {
 	t.Parallel()
 	c, cli := newCluster(t)
-	keys := lock.NewKeys("/announce")
+	keys := coord.NewKeys("/announce")
 	ms := c.Members()
 	s0, s1 := newSession(t, cli, sessionTTL), newSession(t, cli, sessionTTL)
-	a0 := lock.Announcement{State: lock.StatePending, Leader: true, Reason: "rule", Agent: "host-a/1", Version: "v1", Time: when}
-	a1 := lock.Announcement{State: lock.StateIdle, Agent: "host-b/2", Time: when.Add(time.Minute)}
+	a0 := coord.Announcement{State: coord.StatePending, Leader: true, Reason: "rule", Agent: "host-a/1", Version: "v1", Time: when}
+	a1 := coord.Announcement{State: coord.StateIdle, Agent: "host-b/2", Time: when.Add(time.Minute)}
 	rev0 := announceT(t, s0, keys, ms[0].ID, a0)
 	rev1 := announceT(t, s1, keys, ms[1].ID, a1)
 
@@ -62,13 +63,13 @@ func TestAnnouncements(t *testing.T) {
 	}
 	a0.Member, a0.Lease, a0.Revision = ms[0].ID, s0.Lease(), rev0
 	a1.Member, a1.Lease, a1.Revision = ms[1].ID, s1.Lease(), rev1
-	want := map[uint64]lock.Announcement{ms[0].ID: a0, ms[1].ID: a1}
+	want := map[uint64]coord.Announcement{ms[0].ID: a0, ms[1].ID: a1}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Announcements =\n%+v\nwant\n%+v", got, want)
 	}
 
 	// A new announcement replaces the agent's old one.
-	a1.State, a1.Reason = lock.StateLocked, "my turn"
+	a1.State, a1.Reason = coord.StateLocked, "my turn"
 	a1.Revision = announceT(t, s1, keys, ms[1].ID, a1)
 	got, _ = announcementsT(t, cli, keys)
 	if g := got[ms[1].ID]; !reflect.DeepEqual(g, a1) {
@@ -88,10 +89,10 @@ func TestAnnouncements(t *testing.T) {
 func TestAnnouncementsSkipOthers(t *testing.T) {
 	t.Parallel()
 	_, cli := newCluster(t)
-	keys := lock.NewKeys("/skip/")
+	keys := coord.NewKeys("/skip/")
 	s := newSession(t, cli, sessionTTL)
 	const member = 0xabc
-	rev := announceT(t, s, keys, member, lock.Announcement{State: lock.StateIdle, Time: when})
+	rev := announceT(t, s, keys, member, coord.Announcement{State: coord.StateIdle, Time: when})
 	others := []struct{ name, key, value string }{
 		{"member not hex", keys.Agents() + "xyz/1", `{"state":"idle"}`},
 		{"no lease", keys.Agents() + "1a", `{"state":"idle"}`},
@@ -105,7 +106,7 @@ func TestAnnouncementsSkipOthers(t *testing.T) {
 		}
 	}
 	got, _ := announcementsT(t, cli, keys)
-	want := map[uint64]lock.Announcement{member: {Member: member, Lease: s.Lease(), Revision: rev, State: lock.StateIdle, Time: when}}
+	want := map[uint64]coord.Announcement{member: {Member: member, Lease: s.Lease(), Revision: rev, State: coord.StateIdle, Time: when}}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Announcements among other keys = %+v, want %+v", got, want)
 	}
@@ -114,41 +115,41 @@ func TestAnnouncementsSkipOthers(t *testing.T) {
 func TestWatchAnnouncements(t *testing.T) {
 	t.Parallel()
 	_, cli := newCluster(t)
-	keys := lock.NewKeys("/watch/")
+	keys := coord.NewKeys("/watch/")
 	s := newSession(t, cli, sessionTTL)
 	other := newSession(t, cli, sessionTTL)
 	const member, otherMember = 0x1, 0x2
 
 	// Written at or before rev: not delivered.
-	rev := announceT(t, s, keys, member, lock.Announcement{State: lock.StateIdle, Reason: "before", Time: when})
+	rev := announceT(t, s, keys, member, coord.Announcement{State: coord.StateIdle, Reason: "before", Time: when})
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	seen := make(chan lock.Announcement, 16)
+	seen := make(chan coord.Announcement, 16)
 	done := make(chan error, 1)
 	go func() {
-		done <- lock.WatchAnnouncements(ctx, cli, keys, rev, func(a lock.Announcement) { seen <- a })
+		done <- coord.WatchAnnouncements(ctx, cli, keys, rev, func(a coord.Announcement) { seen <- a })
 	}()
 
 	// Written after rev, in this order: a put, a put of another agent, its
 	// deletion (the session ends), a key that is not an announcement, and a
 	// last put.
 	want := []string{"1:pending", "2:idle", "1:locked"}
-	announceT(t, s, keys, member, lock.Announcement{State: lock.StatePending, Time: when})
-	announceT(t, other, keys, otherMember, lock.Announcement{State: lock.StateIdle, Time: when})
+	announceT(t, s, keys, member, coord.Announcement{State: coord.StatePending, Time: when})
+	announceT(t, other, keys, otherMember, coord.Announcement{State: coord.StateIdle, Time: when})
 	if err := other.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cli.Put(t.Context(), keys.Agents()+"not-an-announcement", "{}"); err != nil {
 		t.Fatal(err)
 	}
-	last := announceT(t, s, keys, member, lock.Announcement{State: lock.StateLocked, Time: when})
+	last := announceT(t, s, keys, member, coord.Announcement{State: coord.StateLocked, Time: when})
 
 	var got []string
 	for range want {
 		a := receive(t, seen, "an announcement from WatchAnnouncements")
 		got = append(got, fmt.Sprintf("%x:%s", a.Member, a.State))
-		if a.Member == member && a.State == lock.StateLocked {
+		if a.Member == member && a.State == coord.StateLocked {
 			if a.Revision != last || a.Lease != s.Lease() {
 				t.Errorf("last announcement: revision %d lease %x, want %d and %x", a.Revision, int64(a.Lease), last, int64(s.Lease()))
 			}
@@ -213,7 +214,7 @@ func TestWaitChange(t *testing.T) {
 				ctx, cancel = context.WithTimeout(ctx, short)
 				defer cancel()
 			}
-			if err := lock.WaitChange(ctx, cli, prefix, rev); !errors.Is(err, tt.wantErr) {
+			if err := coord.WaitChange(ctx, cli, prefix, rev); !errors.Is(err, tt.wantErr) {
 				t.Errorf("WaitChange: err = %v, want %v", err, tt.wantErr)
 			}
 		})
@@ -223,7 +224,7 @@ func TestWaitChange(t *testing.T) {
 		const prefix = "/wait-change/later/"
 		rev := storeRevision(t, cli)
 		done := make(chan error, 1)
-		go func() { done <- lock.WaitChange(t.Context(), cli, prefix, rev) }()
+		go func() { done <- coord.WaitChange(t.Context(), cli, prefix, rev) }()
 		put(t, cli, prefix+"k")
 		if err := receive(t, done, "WaitChange to return"); err != nil {
 			t.Errorf("WaitChange: err = %v, want nil", err)
@@ -233,16 +234,16 @@ func TestWaitChange(t *testing.T) {
 
 func TestStateActive(t *testing.T) {
 	tests := []struct {
-		state lock.State
+		state coord.State
 		want  bool
 	}{
 		{"", false},
-		{lock.StateIdle, false},
-		{lock.StateStarting, true},
-		{lock.StatePending, true},
-		{lock.StateLocked, true},
-		{lock.StateDefragmenting, true},
-		{lock.StateRecovering, true},
+		{coord.StateIdle, false},
+		{coord.StateStarting, true},
+		{coord.StatePending, true},
+		{coord.StateLocked, true},
+		{coord.StateDefragmenting, true},
+		{coord.StateRecovering, true},
 	}
 	for _, tt := range tests {
 		if got := tt.state.Active(); got != tt.want {
