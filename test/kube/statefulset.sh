@@ -89,7 +89,7 @@ readme_statefulset() {
 	[ -n "$block" ] || fail "README.md: no sh block in ### StatefulSet"
 	grep -q 'kubectl apply -n $ns -k manifests/statefulset/base' <<<"$block" || fail "README.md's StatefulSet block does not apply the base"
 	mkdir -p "$d"
-	ln -s "$REPO/manifests" "$d/manifests"
+	ln -sfn "$REPO/manifests" "$d/manifests"
 	(cd "$d" && PATH="$KUBE_BIN:$PATH" KUBECONFIG="$CP/super-admin.conf" in_ns cp bash -euo pipefail -c "$block") \
 		>"$d/readme-block.log" 2>&1 || { cat "$d/readme-block.log" >&2; fail "the README's StatefulSet block"; }
 	log "the README's StatefulSet block ran: certificates, namespace, Secrets, kubectl apply -k manifests/statefulset/base"
