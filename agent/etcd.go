@@ -382,9 +382,19 @@ func etcdIs(err error, target error) bool {
 	if errors.Is(err, rpctypes.Error(target)) {
 		return true
 	}
-	s, ok := status.FromError(err)
+	s, ok := grpcStatus(err)
 	t := status.Convert(target)
 	return ok && s.Code() == t.Code() && s.Message() == t.Message()
+}
+
+// grpcStatus returns the gRPC status err is or wraps, with its own message
+// (status.FromError gives a wrapped status the whole error's text).
+func grpcStatus(err error) (*status.Status, bool) {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) || se.GRPCStatus() == nil {
+		return nil, false
+	}
+	return se.GRPCStatus(), true
 }
 
 // isDeadline tells a request that ended on its deadline (etcd may go on):
@@ -394,7 +404,7 @@ func isDeadline(err error) bool {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return true
 	}
-	s, ok := status.FromError(err)
+	s, ok := grpcStatus(err)
 	return ok && (s.Code() == codes.DeadlineExceeded ||
 		s.Code() == codes.Unknown && s.Message() == context.DeadlineExceeded.Error())
 }

@@ -32,6 +32,7 @@ func TestMain(m *testing.M) {
 // does not fire and the demo rule does: the round must pass its checks, the
 // summary must have one row per member, and nothing may stay on disk.
 func TestRun(t *testing.T) {
+	etcdtest.SkipShort(t)
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp) // os.MkdirTemp("", …) creates the demo's directory here
 	var stdout, stderr bytes.Buffer

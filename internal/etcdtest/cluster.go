@@ -238,11 +238,23 @@ func randomHex() string {
 	return hex.EncodeToString(b)
 }
 
+// SkipShort skips a test that needs a real etcd when go test runs with
+// -short (the fast tier: decisions, parsing, formatting); make test runs
+// everything.
+func SkipShort(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real etcd cluster: not in the fast tier (go test -short)")
+	}
+}
+
 // New starts a cluster like Start, bounded by t.Context(), in t.TempDir(),
 // registers Close with t.Cleanup, and fails the test if the cluster does not
-// start.
+// start. With go test -short it skips the test instead: the fast tier runs
+// only what needs no etcd.
 func New(t testing.TB, opts Options) *Cluster {
 	t.Helper()
+	SkipShort(t)
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}

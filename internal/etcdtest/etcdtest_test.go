@@ -483,6 +483,7 @@ func TestFillOverwriteAndQuota(t *testing.T) {
 
 func TestCloseIdempotent(t *testing.T) {
 	t.Parallel()
+	etcdtest.SkipShort(t)
 	c, err := etcdtest.Start(t.Context(), etcdtest.Options{Members: 1, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
