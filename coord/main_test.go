@@ -2,8 +2,6 @@ package coord_test
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -15,16 +13,7 @@ import (
 
 // TestMain fails the package if goroutines outlive the tests: sessions start
 // keep-alives, Wait and the watches start goroutines that must all end.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := etcdtest.FindLeaks(2 * etcdtest.PeerConnLinger); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { etcdtest.Main(m) }
 
 // sessionTTL is the TTL of the sessions in these tests.
 const sessionTTL = 3 * time.Second
@@ -59,27 +48,6 @@ func newSession(t *testing.T, cli *clientv3.Client, ttl time.Duration) *lock.Ses
 	return s
 }
 
-// eventually polls cond until it reports true, and fails the test if that
-// does not happen within timeout. The last error cond returned is reported.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), timeout)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, err := cond(ctx)
-		if err == nil && ok {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: not within %v (last error: %v)", what, timeout, err)
-		case <-tick.C:
-		}
-	}
-}
-
 // receive returns the next value from ch, and fails the test if none comes
 // within waitTimeout.
 func receive[T any](t *testing.T, ch <-chan T, what string) T {
@@ -93,35 +61,6 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
-// closed waits until ch is closed, and fails the test if it is not within
-// waitTimeout.
-func closed(t *testing.T, ch <-chan struct{}, what string) {
-	t.Helper()
-	receive(t, ch, what)
-}
-
-// keyExists reports whether key exists now (a linearizable read).
-func keyExists(t *testing.T, cli *clientv3.Client, key string) bool {
-	t.Helper()
-	resp, err := cli.Get(t.Context(), key, clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatalf("get %s: %v", key, err)
-	}
-	return resp.Count > 0
-}
-
-// waitKey waits until key exists (want true) or is gone (want false).
-func waitKey(t *testing.T, cli *clientv3.Client, key string, want bool) {
-	t.Helper()
-	eventually(t, waitTimeout, fmt.Sprintf("key %s exists = %v", key, want), func(ctx context.Context) (bool, error) {
-		resp, err := cli.Get(ctx, key, clientv3.WithCountOnly())
-		if err != nil {
-			return false, err
-		}
-		return (resp.Count > 0) == want, nil
-	})
-}
-
 // storeRevision returns the current revision of the store.
 func storeRevision(t *testing.T, cli *clientv3.Client) int64 {
 	t.Helper()
@@ -130,12 +69,4 @@ func storeRevision(t *testing.T, cli *clientv3.Client) int64 {
 		t.Fatalf("get revision: %v", err)
 	}
 	return resp.Header.Revision
-}
-
-// revoke revokes the lease of s from cli, as another process would.
-func revoke(t *testing.T, cli *clientv3.Client, s *lock.Session) {
-	t.Helper()
-	if _, err := cli.Revoke(t.Context(), s.Lease()); err != nil {
-		t.Fatalf("revoke lease %x: %v", int64(s.Lease()), err)
-	}
 }

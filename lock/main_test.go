@@ -3,7 +3,6 @@ package lock_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -15,16 +14,7 @@ import (
 
 // TestMain fails the package if goroutines outlive the tests: sessions start
 // keep-alives, Wait and the watches start goroutines that must all end.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := etcdtest.FindLeaks(2 * etcdtest.PeerConnLinger); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { etcdtest.Main(m) }
 
 // waitTimeout bounds every wait for a condition: generous, because it is
 // only reached when the condition never comes.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
 	"regexp"
@@ -17,16 +16,7 @@ import (
 
 // TestMain fails the package if goroutines outlive the tests: the demo starts
 // a cluster, agents, a watch and a narrator that must all end.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := etcdtest.FindLeaks(2 * etcdtest.PeerConnLinger); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { etcdtest.Main(m) }
 
 // TestRun runs the whole demo on a small data set, on which the default rule
 // does not fire and the demo rule does: the round must pass its checks, the

@@ -1,6 +1,9 @@
 package etcdtest
 
 import (
+	"fmt"
+	"os"
+	"testing"
 	"time"
 
 	"go.uber.org/goleak"
@@ -30,4 +33,19 @@ func FindLeaks(timeout time.Duration, opts ...goleak.Option) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Main runs a package's tests, then fails the package if goroutines outlive
+// them (waiting up to two PeerConnLinger for those of closed clusters to
+// end), and exits: the TestMain of every package that starts clusters,
+// sessions or watches, which must all end.
+func Main(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		if err := FindLeaks(2 * PeerConnLinger); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }

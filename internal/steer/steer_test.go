@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -18,16 +17,7 @@ import (
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if err := etcdtest.FindLeaks(2 * etcdtest.PeerConnLinger); err != nil {
-			fmt.Fprintf(os.Stderr, "goroutines left behind: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { etcdtest.Main(m) }
 
 // requestTimeout bounds each request of the tests: far longer than an
 // attempt (steer.MinAttempt), far shorter than the held defrags.
