@@ -38,6 +38,10 @@ type Defrag struct {
 	Start    time.Time // timestamp of the start entry
 	End      time.Time // timestamp of the end (or failure) entry; zero while running
 	Err      string    // why it ended without success; empty on success and while running
+	// SizeAfter is the database file's size right after the defrag, as the
+	// end entry logs it (current-db-size-bytes, 3.4 to 3.7); 0 when it was
+	// not logged.
+	SizeAfter int64
 }
 
 // Running reports whether the defragmentation had not ended when d was

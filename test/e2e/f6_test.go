@@ -169,8 +169,10 @@ func TestF6DefragLongerThanLease(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Each follower's agent asks again: pending, or already past it
+		// (locked) when the leader's agent's lease had ended by then.
 		for _, m := range followers {
-			if _, err := announcedVia(ctx, c, fcli, m, del.Header.Revision, func(a Announcement) bool { return a.State == "pending" }); err != nil {
+			if _, err := announcedVia(ctx, c, fcli, m, del.Header.Revision, Announcement.active); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -287,9 +287,10 @@ func gauge(page []byte, name string) (one, found bool) {
 
 // logLine is the part of an etcd JSON log line the observer reads.
 type logLine struct {
-	TS    string `json:"ts"`
-	Msg   string `json:"msg"`
-	Error string `json:"error"`
+	TS        string `json:"ts"`
+	Msg       string `json:"msg"`
+	Error     string `json:"error"`
+	SizeAfter int64  `json:"current-db-size-bytes"`
 }
 
 // parseTS parses etcd's log timestamps: 3.4 writes milliseconds
@@ -384,7 +385,7 @@ func (o *Observer) logLine(m *Member, line string) {
 			return
 		}
 		delete(o.open, m.Name)
-		o.defrags[i].End = ts
+		o.defrags[i].End, o.defrags[i].SizeAfter = ts, l.SizeAfter
 		if l.Msg == msgDefragFailed {
 			o.defrags[i].Err = "failed: " + l.Error
 		}
