@@ -212,6 +212,14 @@ part_statefulset() {
 	wait_for "the round across the rollout (every member at least once)" 300 sts_round_done "$t0" at-least
 	"$KUBECHECK" defrags --since "$t0" --at-least 1 --done $(sts_logs) >&2 || fail "the round across the rollout"
 	log "statefulset: rollout restart done, the round completed, nothing overlapped"
+	# (d) lowers the quota: first the rollout's data goes, and the agents
+	# give its space back.
+	sts_etcdctl del --prefix /kube-e2e/live/ >/dev/null
+	local rev
+	rev=$(sts_etcdctl endpoint status -w json | grep -o '"revision":[0-9]*' | head -1 | cut -d: -f2)
+	sts_etcdctl compaction --physical "$rev" >/dev/null
+	wait_for "every member reports the free space" 60 sizes_settled sts_etcdctl
+	wait_for "the agents defragment the emptied members" 300 sts_small
 
 	if want prometheus; then
 		part_prometheus
@@ -223,4 +231,11 @@ part_statefulset() {
 
 nodes_ready() {
 	[ "$(kc get nodes -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c True)" = 3 ]
+}
+
+sts_small() { # every member's file under 32 MiB
+	local sizes
+	sizes=$(sts_etcdctl endpoint status -w json | grep -o '"dbSize":[0-9]*' | cut -d: -f2) || return 1
+	[ -n "$sizes" ] || return 1
+	for x in $sizes; do [ "$x" -lt $((32 * 1024 * 1024)) ] || return 1; done
 }
