@@ -6,6 +6,9 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // TestKeys pins the public interface: the keys are the flag names, the YAML
@@ -23,6 +26,10 @@ func TestKeys(t *testing.T) {
 	}
 	if got := Keys(); !slices.Equal(got, want) {
 		t.Errorf("Keys() = %q, want %q", got, want)
+	}
+	// Every key is a field's koanf tag, and every tag a key.
+	if got := slices.Sorted(slices.Values(tags(reflect.TypeFor[Config]()))); !slices.Equal(got, slices.Sorted(slices.Values(want))) {
+		t.Errorf("koanf tags of Config = %q, want the keys", got)
 	}
 }
 
@@ -90,15 +97,42 @@ func TestLoadEveryKey(t *testing.T) {
 		t.Fatalf("Load(valid.yml) error: %v", err)
 	}
 	def := Default()
-	for _, f := range fields() {
-		if f.key == "password" {
+	for _, key := range Keys() {
+		if key == "password" {
 			continue // filled from password-file through Credentials
 		}
-		if reflect.DeepEqual(got.get(f), def.get(f)) {
-			t.Errorf("key %s = %v, the default; valid.yml should set every key", f.key, got.get(f))
+		if reflect.DeepEqual(get(t, got, key), get(t, def, key)) {
+			t.Errorf("key %s = %v, the default; valid.yml should set every key", key, get(t, got, key))
 		}
 	}
+	r, err := rule.Compile("dbQuotaUsage > 0.8 || dbSizeFree > 200*1024*1024")
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := Config{
+		Config: agent.Config{
+			Rule:                r,
+			QuotaBytes:          8 << 30,
+			Cooldown:            time.Hour,
+			CommandTimeout:      7 * time.Second,
+			DefragTimeout:       2 * time.Minute,
+			LockTimeout:         3 * time.Minute,
+			LeaderWaitTimeout:   4 * time.Minute,
+			LockPrefix:          "/defrag/",
+			LockTTL:             15 * time.Second,
+			Compaction:          true,
+			CompactionRetention: 5000,
+			DryRun:              true,
+			MoveLeader:          true,
+			AutoDisalarm:        false,
+			DisalarmThreshold:   0.75,
+			AllowQuorumLoss:     true,
+			VerifyHashKV:        false,
+			MaxDefragDuration:   90 * time.Second,
+			DataDir:             "testdata",
+			DiskHeadroom:        0.5,
+			Once:                true,
+		},
 		Endpoints:             []string{"https://127.0.0.1:2379", "https://[::1]:2379"},
 		CACert:                "testdata/dummy.pem",
 		Cert:                  "testdata/dummy.pem",
@@ -108,30 +142,9 @@ func TestLoadEveryKey(t *testing.T) {
 		User:                  "root",
 		PasswordFile:          "testdata/password",
 		DialTimeout:           3 * time.Second,
-		CommandTimeout:        7 * time.Second,
 		KeepaliveTime:         4 * time.Second,
 		KeepaliveTimeout:      8 * time.Second,
-		DefragRule:            "dbQuotaUsage > 0.8 || dbSizeFree > 200*1024*1024",
-		EtcdStorageQuotaBytes: 8 << 30,
-		Compaction:            true,
-		CompactionRetention:   5000,
-		DryRun:                true,
-		MoveLeader:            true,
-		AutoDisalarm:          false,
-		DisalarmThreshold:     0.75,
-		Once:                  true,
-		Schedule:              "*/5 * * * *",
-		Cooldown:              time.Hour,
-		DefragTimeout:         2 * time.Minute,
-		MaxDefragDuration:     90 * time.Second,
-		DataDir:               "testdata",
-		DiskHeadroom:          0.5,
-		LockPrefix:            "/defrag/",
-		LockTTL:               15 * time.Second,
-		LockTimeout:           3 * time.Minute,
-		LeaderWaitTimeout:     4 * time.Minute,
-		AllowQuorumLoss:       true,
-		VerifyHashKV:          false,
+		Schedule:              agent.Schedule{Cron: "*/5 * * * *"},
 		Web:                   Web{ListenAddress: "127.0.0.1:9999", ConfigFile: "testdata/web-config.yml"},
 		Log:                   Log{Level: "debug", Format: "json"},
 	}

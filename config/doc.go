@@ -28,9 +28,17 @@
 // [Config.Validate] rejects are all collected and returned together as one
 // [*Error], which matches [ErrInvalid] with errors.Is. Each [Problem] names
 // the key and the layer that set it: "flag --lock-ttl", "env
-// ETCD_DEFRAG_COOLDOWN", "config file /etc/agent.yaml" or "default". The
-// defragmentation rule is compiled while validating, so a bad rule fails at
-// start, not at the first cycle.
+// ETCD_DEFRAG_COOLDOWN", "config file /etc/agent.yaml" or "default".
+//
+// # Decoding
+//
+// Each layer's values are decoded on their own, with koanf's unmarshal
+// (mapstructure, strict, through one decode hook), so that a value of the
+// wrong type is reported with its layer; then the layers are merged and
+// decoded once into a [Config], whose embedded [agent.Config] is what package
+// agent takes. The decode hook compiles defrag-rule into a [rule.Rule] and
+// parses schedule into an [agent.Schedule], once: a bad rule fails at start,
+// not at the first cycle, and package main uses both as they are.
 //
 // # Secrets
 //

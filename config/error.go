@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -86,4 +87,14 @@ func (ps problems) err() error {
 		return nil
 	}
 	return &Error{Problems: ps}
+}
+
+// sortByKey sorts ps in the order of [Keys], as documented, and returns it.
+func sortByKey(ps problems) problems {
+	order := make(map[string]int)
+	for i, key := range Keys() {
+		order[key] = i
+	}
+	slices.SortStableFunc(ps, func(a, b Problem) int { return order[a.Key] - order[b.Key] })
+	return ps
 }

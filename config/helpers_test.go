@@ -4,10 +4,15 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // testFlags returns a flag set with a flag for every key, typed like the
@@ -20,24 +25,28 @@ func testFlags(t *testing.T, args ...string) *pflag.FlagSet {
 	fs.String(FlagConfig, "", "")
 	fs.Bool(FlagCheckConfig, false, "")
 	def := Default()
-	for _, f := range fields() {
-		switch v := def.get(f).(type) {
+	for _, key := range Keys() {
+		switch v := get(t, def, key).(type) {
 		case []string:
-			fs.StringSlice(f.key, v, "")
+			fs.StringSlice(key, v, "")
 		case string:
-			fs.String(f.key, v, "")
+			fs.String(key, v, "")
 		case Secret:
-			fs.String(f.key, string(v), "")
+			fs.String(key, string(v), "")
+		case *rule.Rule:
+			fs.String(key, v.String(), "")
+		case agent.Schedule:
+			fs.String(key, v.String(), "")
 		case bool:
-			fs.Bool(f.key, v, "")
+			fs.Bool(key, v, "")
 		case int64:
-			fs.Int64(f.key, v, "")
+			fs.Int64(key, v, "")
 		case float64:
-			fs.Float64(f.key, v, "")
+			fs.Float64(key, v, "")
 		case time.Duration:
-			fs.Duration(f.key, v, "")
+			fs.Duration(key, v, "")
 		default:
-			t.Fatalf("key %s: no test flag for %T", f.key, v)
+			t.Fatalf("key %s: no test flag for %T", key, v)
 		}
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,4 +64,44 @@ func writeFile(t testing.TB, name, content string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// get returns the value of key in c: the field whose koanf tag is key.
+func get(t testing.TB, c Config, key string) any {
+	t.Helper()
+	var find func(v reflect.Value) (reflect.Value, bool)
+	find = func(v reflect.Value) (reflect.Value, bool) {
+		for i := range v.NumField() {
+			tag, opt, _ := strings.Cut(v.Type().Field(i).Tag.Get("koanf"), ",")
+			if opt == "squash" {
+				if f, ok := find(v.Field(i)); ok {
+					return f, true
+				}
+			} else if tag == key {
+				return v.Field(i), true
+			}
+		}
+		return reflect.Value{}, false
+	}
+	f, ok := find(reflect.ValueOf(c))
+	if !ok {
+		t.Fatalf("no field of Config has the key %q", key)
+	}
+	return f.Interface()
+}
+
+// tags returns the koanf tags of the fields of t and of the structs it
+// squashes, except "-".
+func tags(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		tag, opt, _ := strings.Cut(t.Field(i).Tag.Get("koanf"), ",")
+		switch {
+		case opt == "squash":
+			out = append(out, tags(t.Field(i).Type)...)
+		case tag != "" && tag != "-":
+			out = append(out, tag)
+		}
+	}
+	return out
 }

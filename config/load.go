@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/knadh/koanf/parsers/yaml"
-	"github.com/knadh/koanf/providers/confmap"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/providers/posflag"
 	"github.com/knadh/koanf/v2"
@@ -43,7 +41,8 @@ type Sources struct {
 // Load returns the configuration merged from, lowest first, [Default], the
 // YAML file (the --config flag, else ETCD_DEFRAG_CONFIG; none if neither),
 // the ETCD_DEFRAG_ environment variables and the flags the user set, and
-// checked with [Config.Validate].
+// checked with [Config.Validate]. The rule is compiled and the schedule
+// parsed here, once.
 //
 // On any problem it returns the zero Config and a [*Error] holding every
 // problem of every layer, each naming the layer that set the value.
@@ -52,28 +51,36 @@ type Sources struct {
 // a password given as User "name:password" is moved into Password, and the
 // password file has been read; [Config.Credentials] returns the result.
 func Load(src Sources) (Config, error) {
-	l := newLoader()
-	l.merge(l.defaults(), sourceDefault)
-
+	l := &loader{ko: koanf.New("."), origin: make(map[string]string), bad: make(map[string]bool)}
 	env := environ(src.Environ)
-	if path, ok := l.configPath(src.Flags, env); ok {
+	if path, ok := configPath(src.Flags, env); ok {
 		l.loadFile(path)
 	}
 	l.loadEnv(env)
 	l.loadFlags(src.Flags)
 
-	cfg := l.decode()
+	// Each layer's values have the right types; what is left to find is
+	// in the merged values: the rule, the schedule and Validate's checks.
+	cfg := Default()
+	var values problems
+	for key, msg := range problemsOf(unmarshal(l.ko, &cfg, true)) {
+		values.add(key, "", "%s", msg)
+	}
 	var verr *Error
-	if err := cfg.Validate(); errors.As(err, &verr) {
-		for _, p := range verr.Problems {
-			if l.bad[p.Key] {
-				// The input for this key was already rejected; the value
-				// validated is a lower layer's and would only confuse.
-				continue
-			}
-			p.Source = l.origin[p.Key]
-			l.problems = append(l.problems, p)
+	if errors.As(cfg.Validate(), &verr) {
+		values = append(values, verr.Problems...)
+	}
+	for _, p := range sortByKey(values) {
+		if l.bad[p.Key] {
+			// The input for this key was already rejected; the value
+			// checked is a lower layer's and would only confuse.
+			continue
 		}
+		p.Source = l.origin[p.Key]
+		if p.Source == "" {
+			p.Source = sourceDefault
+		}
+		l.problems = append(l.problems, p)
 	}
 	if len(l.problems) > 0 {
 		return Config{}, l.problems.err()
@@ -96,76 +103,54 @@ func Load(src Sources) (Config, error) {
 	return cfg, nil
 }
 
-// loader merges the layers into one koanf instance and remembers which
-// layer set each key.
+// loader merges the layers' values into one koanf instance and remembers
+// which layer set each key.
 type loader struct {
-	fields   []field
-	byKey    map[string]field
 	ko       *koanf.Koanf
 	origin   map[string]string // key -> source of its current value
 	bad      map[string]bool   // keys whose input was rejected
 	problems problems
 }
 
-func newLoader() *loader {
-	fs := fields()
-	return &loader{
-		fields: fs,
-		byKey:  fieldMap(fs),
-		ko:     koanf.New("."),
-		origin: make(map[string]string),
-		bad:    make(map[string]bool),
-	}
+// input is one value of a layer, or the problem that rejected it before it
+// was decoded (then key is "" when the input names no key).
+type input struct {
+	key, source string
+	value       any
+	problem     string
 }
 
-// defaults returns Default as a flat key -> value map.
-func (l *loader) defaults() map[string]any {
-	def := Default()
-	m := make(map[string]any, len(l.fields))
-	for _, f := range l.fields {
-		m[f.key] = def.get(f)
-	}
-	return m
-}
-
-// merge puts a layer's decoded values, a flat key -> value map, over the
-// layers before it.
-func (l *loader) merge(layer map[string]any, source string) {
-	if len(layer) == 0 {
-		return
-	}
-	// confmap only unflattens and copies a map that is already decoded: it
-	// cannot fail.
-	_ = l.ko.Load(confmap.Provider(layer, "."), nil)
-	for key := range layer {
-		l.origin[key] = source
-	}
-}
-
-// decode returns the merged configuration. Every key has a value of its
-// field's type: the defaults set them all and each layer is decoded before
-// it is merged.
-func (l *loader) decode() Config {
-	var c Config
-	for _, f := range l.fields {
-		if v := l.ko.Get(f.key); v != nil {
-			c.set(f, v)
+// take decodes the values of one layer on their own, so that each error
+// names its input, and merges those that decode. Problems are reported in
+// the order of ins.
+func (l *loader) take(ins []input) {
+	layer := koanf.New(".")
+	for _, in := range ins {
+		if in.problem == "" {
+			_ = layer.Set(in.key, in.value) // cannot fail without StrictMerge
 		}
 	}
-	return c
-}
-
-// reject records a problem with the input of key from source.
-func (l *loader) reject(key, source, format string, args ...any) {
-	l.problems.add(key, source, format, args...)
-	if key != "" {
-		l.bad[key] = true
+	var scratch Config
+	decodeErrs := problemsOf(unmarshal(layer, &scratch, false))
+	for _, in := range ins {
+		if in.problem == "" {
+			in.problem = decodeErrs[in.key]
+		}
+		if in.problem != "" {
+			l.problems.add(in.key, in.source, "%s", in.problem)
+			if in.key != "" {
+				l.bad[in.key] = true
+			}
+			continue
+		}
+		_ = l.ko.Set(in.key, in.value)
+		l.origin[in.key] = in.source
 	}
 }
 
 // configPath returns the configuration file named by the --config flag or,
 // when the flag was not set, by ETCD_DEFRAG_CONFIG.
-func (l *loader) configPath(flags *pflag.FlagSet, env map[string]string) (string, bool) {
+func configPath(flags *pflag.FlagSet, env map[string]string) (string, bool) {
 	if flags != nil {
 		if f := flags.Lookup(FlagConfig); f != nil && f.Changed {
 			return f.Value.String(), f.Value.String() != ""
@@ -175,102 +160,91 @@ func (l *loader) configPath(flags *pflag.FlagSet, env map[string]string) (string
 	return path, path != ""
 }
 
-// loadFile decodes the YAML file at path and merges it.
+// loadFile reads the YAML file at path and takes its keys.
 func (l *loader) loadFile(path string) {
 	source := sourceFilePrefix + path
 	b, err := file.Provider(path).ReadBytes()
 	if err != nil {
-		l.reject("", source, "cannot read: %v", pathErr(err))
+		l.problems.add("", source, "cannot read: %v", pathErr(err))
 		return
 	}
 	raw, err := yaml.Parser().Unmarshal(b)
 	if err != nil {
-		l.reject("", source, "invalid YAML: %s", yamlMessage(err))
+		l.problems.add("", source, "invalid YAML: %s", yamlMessage(err))
 		return
 	}
 	flat := make(map[string]any)
-	l.flatten(raw, "", flat, source)
-
-	layer := make(map[string]any)
-	reported := make(map[string]bool)
+	var ins []input
+	flatten(raw, "", flat, func(key string) {
+		// web.listen-address and web: {listen-address} at once.
+		ins = append(ins, input{key: key, source: source, problem: "given twice"})
+	})
 	for _, key := range slices.Sorted(maps.Keys(flat)) {
-		v := flat[key]
-		if f, ok := l.byKey[key]; ok {
-			if val, msg := decodeTyped(f, v); msg != "" {
-				l.reject(key, source, "%s", msg)
-			} else {
-				layer[key] = val
+		in := input{key: key, source: source, value: flat[key]}
+		switch section := under(key); {
+		case slices.Contains(Keys(), key):
+			if in.value == nil {
+				in.problem = "has no value (remove the key to use the default)"
 			}
-			continue
-		}
-		if section := l.section(key); section != nil {
-			if !isEmpty(v) {
-				l.reject(key, source, "expected a mapping with keys %s, got %s", strings.Join(section, ", "), describe(v, false))
+		case section != nil:
+			if m, _ := asMap(in.value); in.value == nil || m != nil && len(m) == 0 {
+				continue // an empty section
 			}
-			continue
+			in.problem = fmt.Sprintf("expected a mapping with keys %s, got %s", strings.Join(section, ", "), describe(in.value, false))
+		default:
+			in.key, in.problem = "", fmt.Sprintf("key %q: unknown key%s", key, didYouMean(key, Keys(), normaliseKey))
 		}
-		if leaf, ok := l.leafPrefix(key); ok {
-			// leaf: {a: 1} flattens to leaf.a.
-			if !reported[leaf] {
-				reported[leaf] = true
-				l.reject(leaf, source, "expected %s, got a mapping", kindNoun(l.byKey[leaf].kind))
-			}
-			continue
-		}
-		l.reject("", source, "key %q: unknown key%s", key, didYouMean(key, Keys(), normaliseKey))
+		ins = append(ins, in)
 	}
-	l.merge(layer, source)
+	l.take(ins)
 }
 
-// flatten turns the nested maps of a YAML document into "."-joined keys.
-// Empty maps stay as values, so that an empty section can be told apart.
-func (l *loader) flatten(m map[string]any, prefix string, out map[string]any, source string) {
+// flatten turns the nested maps of a YAML document into "."-joined keys. It
+// stops at a key, whose value cannot be a mapping, and keeps empty maps, so
+// that an empty section can be told apart.
+func flatten(m map[string]any, prefix string, out map[string]any, twice func(key string)) {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		key := prefix + k
-		var sub map[string]any
-		switch v := m[k].(type) {
-		case map[string]any:
-			sub = v
-		case map[any]any:
-			sub = make(map[string]any, len(v))
-			for kk, vv := range v {
-				sub[fmt.Sprint(kk)] = vv
+		key, v := prefix+k, m[k]
+		if sub, ok := asMap(v); ok && len(sub) > 0 {
+			if !slices.Contains(Keys(), key) {
+				flatten(sub, key+".", out, twice)
+				continue
 			}
-		}
-		if len(sub) > 0 {
-			l.flatten(sub, key+".", out, source)
-			continue
+			v = mapping{} // where a key's value belongs
 		}
 		if _, dup := out[key]; dup {
-			// web.listen-address and web: {listen-address} at once.
-			l.reject(key, source, "given twice")
+			twice(key)
 			continue
 		}
-		out[key] = m[k]
+		out[key] = v
 	}
 }
 
-// section returns the keys under key when key is a section such as "web",
-// or nil.
-func (l *loader) section(key string) []string {
+// asMap returns v as a map with string keys when it is a YAML mapping.
+func asMap(v any) (map[string]any, bool) {
+	switch x := v.(type) {
+	case map[string]any:
+		return x, true
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[fmt.Sprint(k)] = e
+		}
+		return m, true
+	}
+	return nil, false
+}
+
+// under returns the keys under section ("listen-address" and "config.file"
+// under "web"), or nil when section is not one.
+func under(section string) []string {
 	var sub []string
-	for _, f := range l.fields {
-		if rest, ok := strings.CutPrefix(f.key, key+"."); ok {
+	for _, key := range Keys() {
+		if rest, ok := strings.CutPrefix(key, section+"."); ok {
 			sub = append(sub, rest)
 		}
 	}
 	return sub
-}
-
-// leafPrefix returns the key that is a proper prefix of key, as lock-ttl is
-// of lock-ttl.a.
-func (l *loader) leafPrefix(key string) (string, bool) {
-	for _, f := range l.fields {
-		if strings.HasPrefix(key, f.key+".") {
-			return f.key, true
-		}
-	}
-	return "", false
 }
 
 // environ returns the ETCD_DEFRAG_ variables of environ; the first of a
@@ -279,41 +253,33 @@ func environ(environ []string) map[string]string {
 	env := make(map[string]string)
 	for _, kv := range environ {
 		name, value, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(name, envPrefix) {
-			continue
-		}
-		if _, seen := env[name]; !seen {
+		if _, seen := env[name]; ok && !seen && strings.HasPrefix(name, envPrefix) {
 			env[name] = value
 		}
 	}
 	return env
 }
 
-// loadEnv decodes the ETCD_DEFRAG_ variables and merges them.
+// loadEnv takes the ETCD_DEFRAG_ variables, in the order of their names.
 func (l *loader) loadEnv(env map[string]string) {
-	byVar := make(map[string]field, len(l.fields))
-	names := make([]string, 0, len(l.fields))
-	for _, f := range l.fields {
-		byVar[EnvVar(f.key)] = f
-		names = append(names, EnvVar(f.key))
+	var names []string
+	keyOf := make(map[string]string)
+	for _, key := range Keys() {
+		names = append(names, EnvVar(key))
+		keyOf[EnvVar(key)] = key
 	}
+	var ins []input
 	for _, name := range slices.Sorted(maps.Keys(env)) {
-		source := sourceEnvPrefix + name
 		if name == envConfig || isServiceLink(name) {
 			continue
 		}
-		f, ok := byVar[name]
-		if !ok {
-			l.reject("", source, "unknown variable%s", didYouMean(name, names, strings.ToUpper))
-			continue
+		in := input{key: keyOf[name], source: sourceEnvPrefix + name, value: envText(env[name])}
+		if in.key == "" {
+			in.problem = "unknown variable" + didYouMean(name, names, strings.ToUpper)
 		}
-		val, msg := decodeText(f, env[name])
-		if msg != "" {
-			l.reject(f.key, source, "%s", msg)
-			continue
-		}
-		l.merge(map[string]any{f.key: val}, source)
+		ins = append(ins, in)
 	}
+	l.take(ins)
 }
 
 // isServiceLink reports whether name is one of the variables Kubernetes
@@ -339,29 +305,24 @@ func isServiceLink(name string) bool {
 	return len(parts) == 3 || parts[3] == "PROTO" || parts[3] == "PORT" || parts[3] == "ADDR"
 }
 
-// loadFlags decodes the flags the user set and merges them.
+// loadFlags takes the flags the user set, in the order of their names.
 func (l *loader) loadFlags(flags *pflag.FlagSet) {
 	if flags == nil {
 		return
 	}
+	var ins []input
 	flags.Visit(func(pf *pflag.Flag) {
 		switch pf.Name {
 		case FlagConfig, FlagCheckConfig, FlagVersion, FlagHelp:
 			return
 		}
-		source := sourceFlagPrefix + pf.Name
-		f, ok := l.byKey[pf.Name]
-		if !ok {
-			l.reject("", source, "not a configuration key")
-			return
+		in := input{key: pf.Name, source: sourceFlagPrefix + pf.Name, value: posflag.FlagVal(flags, pf)}
+		if !slices.Contains(Keys(), pf.Name) {
+			in.key, in.problem = "", "not a configuration key"
 		}
-		val, msg := decodeTyped(f, posflag.FlagVal(flags, pf))
-		if msg != "" {
-			l.reject(f.key, source, "%s", msg)
-			return
-		}
-		l.merge(map[string]any{f.key: val}, source)
+		ins = append(ins, in)
 	})
+	l.take(ins)
 }
 
 // readPasswordFile returns the content of path without its trailing newline.
@@ -377,238 +338,6 @@ func readPasswordFile(path string) (Secret, error) {
 	return Secret(pw), nil
 }
 
-// decodeTyped decodes a value that already has a Go type: from YAML
-// (string, bool, int, uint64, float64, []any, time.Time, nil, maps) or from a
-// pflag getter. It returns the value in f's type, or a message.
-func decodeTyped(f field, v any) (any, string) {
-	if v == nil {
-		return nil, "has no value (remove the key to use the default)"
-	}
-	switch f.kind {
-	case kindString, kindSecret:
-		if s, ok := v.(string); ok {
-			return s, ""
-		}
-		hint := ""
-		if isScalar(v) {
-			hint = " (quote it)"
-		}
-		return nil, fmt.Sprintf("expected a string, got %s%s", describe(v, f.redact), hint)
-	case kindStrings:
-		switch x := v.(type) {
-		case string:
-			return splitList(x), ""
-		case []string:
-			return slices.Clone(x), ""
-		case []any:
-			out := make([]string, 0, len(x))
-			for _, e := range x {
-				s, ok := e.(string)
-				if !ok {
-					return nil, fmt.Sprintf("expected a list of strings, got a list containing %s", describe(e, f.redact))
-				}
-				out = append(out, s)
-			}
-			return out, ""
-		}
-		return nil, fmt.Sprintf("expected a list of strings, got %s", describe(v, f.redact))
-	case kindBool:
-		if b, ok := v.(bool); ok {
-			return b, ""
-		}
-		return nil, fmt.Sprintf("expected true or false, got %s", describe(v, f.redact))
-	case kindInt64:
-		if n, ok := toInt64(v); ok {
-			return n, ""
-		}
-		return nil, fmt.Sprintf("expected an integer, got %s", describe(v, f.redact))
-	case kindFloat64:
-		if x, ok := toFloat64(v); ok {
-			return x, ""
-		}
-		return nil, fmt.Sprintf("expected a number, got %s", describe(v, f.redact))
-	case kindDuration:
-		switch x := v.(type) {
-		case time.Duration:
-			return x, ""
-		case string:
-			return parseDuration(x)
-		}
-		if _, ok := toFloat64(v); ok {
-			return nil, fmt.Sprintf("invalid duration %v: a duration needs a unit, such as \"%vs\"", v, v)
-		}
-		return nil, fmt.Sprintf("expected a duration such as \"30s\", got %s", describe(v, f.redact))
-	}
-	return nil, "unsupported key type"
-}
-
-// decodeText decodes a value given as text, from an environment variable.
-func decodeText(f field, s string) (any, string) {
-	switch f.kind {
-	case kindString, kindSecret:
-		return s, ""
-	case kindStrings:
-		return splitList(s), ""
-	case kindBool:
-		b, err := strconv.ParseBool(s)
-		if err != nil {
-			return nil, fmt.Sprintf("invalid boolean %q (want true or false)", s)
-		}
-		return b, ""
-	case kindInt64:
-		n, err := strconv.ParseInt(s, 10, 64)
-		if errors.Is(err, strconv.ErrRange) {
-			return nil, fmt.Sprintf("invalid integer %q: out of range", s)
-		}
-		if err != nil {
-			return nil, fmt.Sprintf("invalid integer %q", s)
-		}
-		return n, ""
-	case kindFloat64:
-		x, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return nil, fmt.Sprintf("invalid number %q", s)
-		}
-		return x, ""
-	case kindDuration:
-		return parseDuration(s)
-	}
-	return nil, "unsupported key type"
-}
-
-// parseDuration parses a Go duration and refuses a bare number.
-func parseDuration(s string) (any, string) {
-	d, err := time.ParseDuration(s)
-	if err == nil {
-		return d, ""
-	}
-	if _, ferr := strconv.ParseFloat(s, 64); ferr == nil {
-		return nil, fmt.Sprintf("invalid duration %q: a duration needs a unit, such as \"%ss\"", s, s)
-	}
-	return nil, fmt.Sprintf("invalid duration %q (want a number with a unit, such as 30s, 10m or 1h30m)", s)
-}
-
-// splitList splits a comma separated list; an empty string is an empty list.
-func splitList(s string) []string {
-	if strings.TrimSpace(s) == "" {
-		return []string{}
-	}
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		parts[i] = strings.TrimSpace(p)
-	}
-	return parts
-}
-
-func toInt64(v any) (int64, bool) {
-	switch x := v.(type) {
-	case int:
-		return int64(x), true
-	case int32:
-		return int64(x), true
-	case int64:
-		return x, true
-	case uint64:
-		if x <= math.MaxInt64 {
-			return int64(x), true
-		}
-	case float64:
-		// 2e9 in YAML is a float; accept it when it is a whole number.
-		if x == math.Trunc(x) && x >= math.MinInt64 && x < math.MaxInt64 {
-			return int64(x), true
-		}
-	}
-	return 0, false
-}
-
-func toFloat64(v any) (float64, bool) {
-	switch x := v.(type) {
-	case int:
-		return float64(x), true
-	case int32:
-		return float64(x), true
-	case int64:
-		return float64(x), true
-	case uint64:
-		return float64(x), true
-	case float32:
-		return float64(x), true
-	case float64:
-		return x, true
-	}
-	return 0, false
-}
-
-func isScalar(v any) bool {
-	switch v.(type) {
-	case bool, int, int32, int64, uint64, float32, float64, time.Time:
-		return true
-	}
-	return false
-}
-
-func isEmpty(v any) bool {
-	switch x := v.(type) {
-	case nil:
-		return true
-	case map[string]any:
-		return len(x) == 0
-	case map[any]any:
-		return len(x) == 0
-	}
-	return false
-}
-
-// describe names the type and, unless redact, the value of v for a message.
-func describe(v any, redact bool) string {
-	var typ, val string
-	switch x := v.(type) {
-	case nil:
-		return "null"
-	case string:
-		typ, val = "string", strconv.Quote(x)
-	case bool:
-		typ, val = "boolean", strconv.FormatBool(x)
-	case int, int32, int64, uint64:
-		typ, val = "integer", fmt.Sprint(x)
-	case float32, float64:
-		typ, val = "number", fmt.Sprint(x)
-	case time.Time:
-		typ, val = "timestamp", x.Format(time.RFC3339)
-	case []any, []string:
-		return "a list"
-	case map[string]any, map[any]any:
-		return "a mapping"
-	default:
-		return fmt.Sprintf("a value of type %T", v)
-	}
-	if redact {
-		if strings.ContainsRune("aeiou", rune(typ[0])) {
-			return "an " + typ
-		}
-		return "a " + typ
-	}
-	return typ + " " + val
-}
-
-// kindNoun names what a key of kind k expects.
-func kindNoun(k kind) string {
-	switch k {
-	case kindStrings:
-		return "a list of strings"
-	case kindBool:
-		return "true or false"
-	case kindInt64:
-		return "an integer"
-	case kindFloat64:
-		return "a number"
-	case kindDuration:
-		return "a duration"
-	default:
-		return "a string"
-	}
-}
-
 // yamlMessage returns the YAML parser's message without its "yaml: "
 // prefix and without the values it quotes in backquotes, which could be a
 // password.
@@ -616,22 +345,8 @@ func yamlMessage(err error) string {
 	msg := strings.ReplaceAll(err.Error(), "yaml: ", "")
 	msg = strings.ReplaceAll(msg, "into map[string]interface {}", "(the file must be a mapping of keys to values)")
 	msg = strings.ReplaceAll(msg, "into map[string]any", "(the file must be a mapping of keys to values)")
-	var b strings.Builder
-	for {
-		i := strings.IndexByte(msg, '`')
-		if i < 0 {
-			break
-		}
-		j := strings.IndexByte(msg[i+1:], '`')
-		if j < 0 {
-			break
-		}
-		b.WriteString(msg[:i])
-		b.WriteString("(value)")
-		msg = msg[i+1+j+1:]
-	}
-	b.WriteString(msg)
-	return strings.Join(strings.Fields(b.String()), " ")
+	msg = regexp.MustCompile("`[^`]*`").ReplaceAllString(msg, "(value)")
+	return strings.Join(strings.Fields(msg), " ")
 }
 
 // normaliseKey maps the usual misspellings of a key (lock_ttl, Lock-TTL) to

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 func TestLoadPrecedence(t *testing.T) {
@@ -69,15 +72,47 @@ log:
 		{name: "other variables ignored", env: []string{"ETCD_NAME=etcd-0", "PATH=/bin", "ETCD_DEFRAG", "NOEQUALS"}, key: "lock-ttl", want: 30 * time.Second},
 		{name: "lock prefix normalised", args: []string{"--lock-prefix=/x"}, key: "lock-prefix", want: "/x/"},
 	}
-	fm := fieldMap(fields())
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := Load(Sources{Flags: testFlags(t, tc.args...), Environ: tc.env})
 			if err != nil {
 				t.Fatalf("Load(env %q, args %q) error: %v", tc.env, tc.args, err)
 			}
-			if got := cfg.get(fm[tc.key]); !reflect.DeepEqual(got, tc.want) {
+			if got := get(t, cfg, tc.key); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("Load(env %q, args %q): %s = %#v, want %#v", tc.env, tc.args, tc.key, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestLoadRuleAndSchedule checks that Load hands out the rule compiled and
+// the schedule parsed, from the layer that wins; a bad rule or schedule in a
+// layer below it is not an error, like any other value a layer above
+// replaces.
+func TestLoadRuleAndSchedule(t *testing.T) {
+	file := writeFile(t, "agent.yml", "defrag-rule: \"dbSize >\"\nschedule: \"61 * * * *\"\n")
+	tests := []struct {
+		name      string
+		env       []string
+		args      []string
+		wantRule  string
+		wantSched agent.Schedule
+	}{
+		{name: "default", wantRule: rule.Default, wantSched: agent.Schedule{Every: time.Minute}},
+		{name: "env", env: []string{"ETCD_DEFRAG_DEFRAG_RULE=dbSize > 1", "ETCD_DEFRAG_SCHEDULE=@hourly"}, wantRule: "dbSize > 1", wantSched: agent.Schedule{Cron: "@hourly"}},
+		{name: "flags over a bad file", env: []string{"ETCD_DEFRAG_CONFIG=" + file}, args: []string{"--defrag-rule=true", "--schedule=@every 90s"}, wantRule: "true", wantSched: agent.Schedule{Every: 90 * time.Second}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Load(Sources{Flags: testFlags(t, tc.args...), Environ: tc.env})
+			if err != nil {
+				t.Fatalf("Load(env %q, args %q) error: %v", tc.env, tc.args, err)
+			}
+			if cfg.Rule == nil || cfg.Rule.String() != tc.wantRule {
+				t.Errorf("Load(env %q, args %q): Rule = %v, want %q", tc.env, tc.args, cfg.Rule, tc.wantRule)
+			}
+			if cfg.Schedule != tc.wantSched {
+				t.Errorf("Load(env %q, args %q): Schedule = %+v, want %+v", tc.env, tc.args, cfg.Schedule, tc.wantSched)
 			}
 		})
 	}

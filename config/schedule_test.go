@@ -4,21 +4,23 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
 )
 
 func TestParseSchedule(t *testing.T) {
 	tests := []struct {
 		in   string
-		want Schedule
+		want agent.Schedule
 	}{
-		{"@every 1m", Schedule{Every: time.Minute}},
-		{"  @every   90s ", Schedule{Every: 90 * time.Second}},
-		{"@every 1h30m", Schedule{Every: 90 * time.Minute}},
-		{"*/5 * * * *", Schedule{Cron: "*/5 * * * *"}},
-		{"0 3 * * 1-5", Schedule{Cron: "0 3 * * 1-5"}},
-		{"@hourly", Schedule{Cron: "@hourly"}},
-		{"@daily", Schedule{Cron: "@daily"}},
-		{"CRON_TZ=UTC 0 3 * * *", Schedule{Cron: "CRON_TZ=UTC 0 3 * * *"}},
+		{"@every 1m", agent.Schedule{Every: time.Minute}},
+		{"  @every   90s ", agent.Schedule{Every: 90 * time.Second}},
+		{"@every 1h30m", agent.Schedule{Every: 90 * time.Minute}},
+		{"*/5 * * * *", agent.Schedule{Cron: "*/5 * * * *"}},
+		{"0 3 * * 1-5", agent.Schedule{Cron: "0 3 * * 1-5"}},
+		{"@hourly", agent.Schedule{Cron: "@hourly"}},
+		{"@daily", agent.Schedule{Cron: "@daily"}},
+		{"CRON_TZ=UTC 0 3 * * *", agent.Schedule{Cron: "CRON_TZ=UTC 0 3 * * *"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
@@ -28,6 +30,10 @@ func TestParseSchedule(t *testing.T) {
 			}
 			if got != tc.want {
 				t.Errorf("ParseSchedule(%q) = %+v, want %+v", tc.in, got, tc.want)
+			}
+			// String is what --help shows as the default: it parses back.
+			if again, err := ParseSchedule(got.String()); err != nil || again != got {
+				t.Errorf("ParseSchedule(%q) = %+v, %v, want %+v", got.String(), again, err, got)
 			}
 		})
 	}

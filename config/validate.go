@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,17 +15,18 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // minLockTTL is the shortest session lease: etcd's own minimum lease TTL is
 // a few seconds, and a shorter one expires on a hiccup.
 const minLockTTL = 5 * time.Second
 
-// Validate checks every value and returns a [*Error] with all the problems,
-// or nil. It reads the files the configuration names (TLS files, the
-// password file, the web configuration) to check that they are readable,
-// and compiles the rule. Its problems have no Source; [Load] adds it.
+// Validate checks every value, and how they go together, and returns a
+// [*Error] with all the problems, or nil. It reads the files the
+// configuration names (TLS files, the password file, the web configuration)
+// to check that they are readable. The rule and the schedule were checked
+// when they were compiled and parsed (by [Load], [Default] or the caller).
+// Its problems have no Source; [Load] adds it.
 func (c Config) Validate() error {
 	var ps problems
 	bad := func(key, format string, args ...any) { ps.add(key, "", format, args...) }
@@ -115,11 +115,11 @@ func (c Config) Validate() error {
 		bad("lock-ttl", "too large, got %v", c.LockTTL)
 	}
 
-	if _, err := rule.Compile(c.DefragRule); err != nil {
-		bad("defrag-rule", "%v", err)
+	if c.Rule == nil {
+		bad("defrag-rule", "rule is empty")
 	}
-	if c.EtcdStorageQuotaBytes <= 0 {
-		bad("etcd-storage-quota-bytes", "must be positive, got %d", c.EtcdStorageQuotaBytes)
+	if c.QuotaBytes <= 0 {
+		bad("etcd-storage-quota-bytes", "must be positive, got %d", c.QuotaBytes)
 	}
 	if c.CompactionRetention < 1 {
 		bad("compaction-retention", "must be at least 1, got %d (the agent never compacts to the newest revision)", c.CompactionRetention)
@@ -127,8 +127,8 @@ func (c Config) Validate() error {
 	if !(c.DisalarmThreshold > 0 && c.DisalarmThreshold <= 1) {
 		bad("disalarm-threshold", "must be in (0, 1], got %v", c.DisalarmThreshold)
 	}
-	if _, err := ParseSchedule(c.Schedule); err != nil {
-		bad("schedule", "%v", err)
+	if s := c.Schedule; s.Every < 0 || (s.Every > 0) == (s.Cron != "") {
+		bad("schedule", "want exactly one of a positive interval and a cron expression")
 	}
 	if c.LockPrefix == "" {
 		bad("lock-prefix", "must not be empty")
@@ -156,13 +156,7 @@ func (c Config) Validate() error {
 	default:
 		bad("log.format", "unknown format %q (want text or json)", c.Log.Format)
 	}
-	// Report in the order of the keys, as documented.
-	order := make(map[string]int)
-	for i, key := range Keys() {
-		order[key] = i
-	}
-	slices.SortStableFunc(ps, func(a, b Problem) int { return order[a.Key] - order[b.Key] })
-	return ps.err()
+	return sortByKey(ps).err()
 }
 
 // checkEndpoint accepts what the etcd client accepts as an endpoint and this

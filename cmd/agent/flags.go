@@ -45,8 +45,8 @@ func newFlagSet(def config.Config) *pflag.FlagSet {
 	fs.Duration("keepalive-timeout", def.KeepaliveTimeout, "keepalive timeout for client connections")
 
 	// What to defragment and how: etcd-defrag's flags.
-	fs.String("defrag-rule", def.DefragRule, "defragmentation rule: a boolean expression over the member's sizes; the member is defragmented when it is true")
-	fs.Int64("etcd-storage-quota-bytes", def.EtcdStorageQuotaBytes, "etcd storage quota in bytes (the value passed to etcd instance by flag --quota-backend-bytes); used when etcd does not report it (before 3.6)")
+	fs.String("defrag-rule", def.Rule.String(), "defragmentation rule: a boolean expression over the member's sizes; the member is defragmented when it is true")
+	fs.Int64("etcd-storage-quota-bytes", def.QuotaBytes, "etcd storage quota in bytes (the value passed to etcd instance by flag --quota-backend-bytes); used when etcd does not report it (before 3.6)")
 	fs.Bool("compaction", def.Compaction, "whether to compact before the defragmentation, keeping --compaction-retention revisions (kube-apiserver already compacts)")
 	fs.Int64("compaction-retention", def.CompactionRetention, "number of newest revisions kept by --compaction (at least 1)")
 	fs.Bool("dry-run", def.DryRun, "evaluate the rule and log the decision, but never defragment")
@@ -56,7 +56,7 @@ func newFlagSet(def config.Config) *pflag.FlagSet {
 
 	// The agent's own.
 	fs.Bool("once", def.Once, "run one cycle and exit (0: done or nothing to do; 1: a defragmentation or a check failed)")
-	fs.String("schedule", def.Schedule, "when to run a cycle: a cron expression (5 fields, or @hourly, @daily...) or @every <duration>")
+	fs.String("schedule", def.Schedule.String(), "when to run a cycle: a cron expression (5 fields, or @hourly, @daily...) or @every <duration>")
 	fs.Duration("cooldown", def.Cooldown, "least time between two defragmentations of this member (0 disables)")
 	fs.Duration("defrag-timeout", def.DefragTimeout, "how long a defragmentation may take, until the member answers a read again")
 	fs.Duration("max-defrag-duration", def.MaxDefragDuration, "refuse a defragmentation forecast to take longer than this (keep it below the time etcd's liveness probe allows; 0 disables)")

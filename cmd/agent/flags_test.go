@@ -103,7 +103,7 @@ func TestFlagsLoad(t *testing.T) {
 	want.Log.Level = "debug"
 	want.DryRun = true
 	want.DisalarmThreshold = 0.5
-	want.EtcdStorageQuotaBytes = 8 << 30
+	want.QuotaBytes = 8 << 30
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load(%q) =\n%+v\nwant\n%+v", args, got, want)
 	}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/agent"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/config"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // shutdownTimeout bounds the work after the agent stopped: leaving the
@@ -50,10 +49,6 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return usageError{err}
 	}
-	r, err := rule.Compile(cfg.DefragRule)
-	if err != nil {
-		return usageError{fmt.Errorf("--defrag-rule: %w", err)}
-	}
 	clientCfg, user, err := etcdClientConfig(cfg)
 	if err != nil {
 		return usageError{err}
@@ -64,8 +59,8 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 
 	logger := newLogger(cfg.Log, stderr)
-	logger.Info("starting", "version", ver, "endpoints", cfg.Endpoints, "rule", cfg.DefragRule,
-		"schedule", cfg.Schedule, "once", cfg.Once, "dry_run", cfg.DryRun, "user", user)
+	logger.Info("starting", "version", ver, "endpoints", cfg.Endpoints, "rule", cfg.Rule.String(),
+		"schedule", cfg.Schedule.String(), "once", cfg.Once, "dry_run", cfg.DryRun, "user", user)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -74,32 +69,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		return usageError{err}
 	}
 	host, _ := os.Hostname()
-	a, err := agent.New(agent.Config{
-		Rule:                r,
-		QuotaBytes:          cfg.EtcdStorageQuotaBytes,
-		Cooldown:            cfg.Cooldown,
-		CommandTimeout:      cfg.CommandTimeout,
-		DefragTimeout:       cfg.DefragTimeout,
-		LockTimeout:         cfg.LockTimeout,
-		LeaderWaitTimeout:   cfg.LeaderWaitTimeout,
-		LockPrefix:          cfg.LockPrefix,
-		LockTTL:             cfg.LockTTL,
-		Compaction:          cfg.Compaction,
-		CompactionRetention: cfg.CompactionRetention,
-		DryRun:              cfg.DryRun,
-		MoveLeader:          cfg.MoveLeader,
-		AutoDisalarm:        cfg.AutoDisalarm,
-		DisalarmThreshold:   cfg.DisalarmThreshold,
-		AllowQuorumLoss:     cfg.AllowQuorumLoss,
-		VerifyHashKV:        cfg.VerifyHashKV,
-		MaxDefragDuration:   cfg.MaxDefragDuration,
-		DataDir:             cfg.DataDir,
-		DiskHeadroom:        cfg.DiskHeadroom,
-		Once:                cfg.Once,
-		User:                user,
-		Identity:            fmt.Sprintf("%s/%d", host, os.Getpid()),
-		Version:             ver,
-	}, agent.Deps{
+	// What the agent needs besides its keys (cfg.User is the user key, the
+	// name before a ":").
+	cfg.Config.User, cfg.Identity, cfg.Version = user, fmt.Sprintf("%s/%d", host, os.Getpid()), ver
+	a, err := agent.New(cfg.Config, agent.Deps{
 		Local: local,
 		Dial: func(eps []string, opts ...grpc.DialOption) (*clientv3.Client, error) {
 			return dialEtcd(clientCfg, eps, logger, opts...)
@@ -150,14 +123,10 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 		}
 		return err
 	}
-	sched, err := config.ParseSchedule(cfg.Schedule)
-	if err != nil {
-		return usageError{fmt.Errorf("--schedule: %w", err)}
-	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	served := make(chan error, 1)
-	go func() { served <- a.Serve(sctx, agent.Schedule{Every: sched.Every, Cron: sched.Cron}) }()
+	go func() { served <- a.Serve(sctx, cfg.Schedule) }()
 	select {
 	case err := <-srvErr:
 		cancel()

@@ -41,13 +41,9 @@ type demoAgent struct {
 // the given rule.
 func agentConfig(r *rule.Rule, name string) (agent.Config, agent.Schedule, error) {
 	def := config.Default()
-	sched, err := config.ParseSchedule(def.Schedule)
-	if err != nil {
-		return agent.Config{}, agent.Schedule{}, err
-	}
 	return agent.Config{
 		Rule:                r,
-		QuotaBytes:          def.EtcdStorageQuotaBytes,
+		QuotaBytes:          def.QuotaBytes,
 		Cooldown:            def.Cooldown,
 		CommandTimeout:      def.CommandTimeout,
 		DefragTimeout:       def.DefragTimeout,
@@ -64,7 +60,7 @@ func agentConfig(r *rule.Rule, name string) (agent.Config, agent.Schedule, error
 		VerifyHashKV:        def.VerifyHashKV,
 		Identity:            "demo/" + name,
 		Version:             "demo",
-	}, agent.Schedule{Every: sched.Every, Cron: sched.Cron}, nil
+	}, def.Schedule, nil
 }
 
 // newAgents makes one agent per member, each logging to its own handler.
