@@ -173,6 +173,11 @@ func TestDefragOutcome(t *testing.T) {
 			msg: "defragment https://10.0.0.1:2379: connection reset",
 		},
 		{
+			name: "the member exited while the agent shut down", d: defragDone{answerErr: fmt.Errorf("%w: it refuses connections while the agent shuts down (last read: connection refused)", errMemberGone)},
+			want: ReasonMemberBusy,
+			msg:  "the member has exited: it refuses connections while the agent shuts down (last read: connection refused); its defrag record stays, so the next lock holder waits for it to answer again",
+		},
+		{
 			name: "the member did not come back", d: defragDone{requestErr: timeout, answerErr: context.DeadlineExceeded}, want: ReasonMemberBusy,
 			msg: "member did not answer within --defrag-timeout 10m0s after the Defragment request: context deadline exceeded (the Defragment request: rpc error: code = DeadlineExceeded desc = context deadline exceeded)",
 		},

@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"syscall"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -32,27 +36,45 @@ type defragDone struct {
 // its backend is no longer blocked — even if the request ended first,
 // because etcd goes on defragmenting a request whose client gave up. ctx
 // bounds both (the defrag's deadline); it must not end when the cycle's
-// does. It is the one way the agent defragments a member: its own in a
-// turn, and any member in a NOSPACE recovery.
-func (a *Agent) defragmentAndWait(ctx context.Context, endpoint string, reader memberReader) defragDone {
+// does. stop is closed when the agent shuts down: from then on a member
+// that refuses connections has exited (a rollout stops etcd and its
+// sidecar together) and is not waited for any longer. It is the one way
+// the agent defragments a member: its own in a turn, and any member in a
+// NOSPACE recovery.
+func (a *Agent) defragmentAndWait(ctx context.Context, endpoint string, reader memberReader, stop <-chan struct{}) defragDone {
 	start := a.now()
 	_, derr := a.local.Defragment(ctx, endpoint)
-	werr := a.waitAnswers(ctx, reader)
+	werr := a.waitAnswers(ctx, reader, endpoint, stop)
 	return defragDone{took: a.now().Sub(start), requestErr: derr, answerErr: werr}
 }
 
+// goneAfter is how long a member must refuse connections, once the agent
+// shuts down, to count as exited.
+const goneAfter = time.Second
+
 // waitAnswers polls with serializable reads until the member behind reader
-// answers — its backend is no longer blocked by a defrag — or ctx ends.
-func (a *Agent) waitAnswers(ctx context.Context, reader memberReader) error {
+// answers — its backend is no longer blocked by a defrag — or ctx ends, or,
+// once stop is closed, the member's endpoint has refused connections for
+// goneAfter (nil stop: never). A member that defragments accepts
+// connections; one whose process has exited refuses them.
+func (a *Agent) waitAnswers(ctx context.Context, reader memberReader, endpoint string, stop <-chan struct{}) error {
 	a.metrics.waiting.WithLabelValues(waitMember).Set(1)
 	defer a.metrics.waiting.WithLabelValues(waitMember).Set(0)
+	var refusing time.Time // since when the endpoint refuses connections
 	for {
 		err := a.answers(ctx, reader, false)
-		if err == nil {
+		switch {
+		case err == nil:
 			return nil
-		}
-		if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+		case errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled:
 			return fmt.Errorf("client closed: %w", err) // the agent is going away
+		case !stopped(stop):
+		case !refuses(ctx, endpoint):
+			refusing = time.Time{}
+		case refusing.IsZero():
+			refusing = a.now()
+		case a.now().Sub(refusing) >= goneAfter:
+			return fmt.Errorf("%w: %s refuses connections while the agent shuts down (last read: %w)", errMemberGone, endpoint, err)
 		}
 		t := time.NewTimer(answerPoll)
 		select {
@@ -64,6 +86,43 @@ func (a *Agent) waitAnswers(ctx context.Context, reader memberReader) error {
 	}
 }
 
+// errMemberGone is waitAnswers' end when the member exited.
+var errMemberGone = errors.New("the member has exited")
+
+func stopped(stop <-chan struct{}) bool {
+	if stop == nil {
+		return false
+	}
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// refuses reports whether a connection to the endpoint (host:port,
+// http(s)://host:port or unix(s)://path) is refused: nobody listens there.
+func refuses(ctx context.Context, endpoint string) bool {
+	network, addr := "tcp", endpoint
+	if u, err := url.Parse(endpoint); err == nil && strings.Contains(endpoint, "://") {
+		switch u.Scheme {
+		case "unix", "unixs":
+			network, addr = "unix", u.Host+u.Path
+		default:
+			addr = u.Host
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, answerPoll)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(dctx, network, addr)
+	if err == nil {
+		_ = conn.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+}
+
 // defragOutcome classifies the end of a defrag: "" when the member was
 // defragmented, else the reason and what happened. shrank reports whether
 // the file is smaller after the defrag than before (false when that could
@@ -71,6 +130,8 @@ func (a *Agent) waitAnswers(ctx context.Context, reader memberReader) error {
 // have received it.
 func defragOutcome(d defragDone, endpoint string, shrank bool, defragTimeout time.Duration) (Reason, error) {
 	switch derr, werr := d.requestErr, d.answerErr; {
+	case errors.Is(werr, errMemberGone):
+		return ReasonMemberBusy, fmt.Errorf("%w; its defrag record stays, so the next lock holder waits for it to answer again", werr)
 	case werr != nil:
 		if derr != nil {
 			werr = fmt.Errorf("%w (the Defragment request: %w)", werr, derr)
@@ -143,7 +204,7 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 		return c.skip(ReasonSessionLost, fmt.Errorf("lease cannot be renewed before the defrag: %w", err))
 	}
 	start := a.now()
-	d := a.defragmentAndWait(dctx, c.st.Endpoint, a.local)
+	d := a.defragmentAndWait(dctx, c.st.Endpoint, a.local, ctx.Done())
 	end := a.now()
 	took := end.Sub(start)
 	a.metrics.inProgress.Set(0)
@@ -291,7 +352,7 @@ func (c *cycle) settleInflight(ctx context.Context, m *lock.Mutex) error {
 				"defragmenting_member", memberName(mem), "started", rec.Value.Start, "agent", rec.Value.Agent)
 			start := a.now()
 			wctx, cancel := context.WithTimeout(ctx, a.cfg.DefragTimeout)
-			err = a.waitAnswers(wctx, cli)
+			err = a.waitAnswers(wctx, cli, "", nil)
 			cancel()
 			if err != nil {
 				return c.skip(ReasonMemberBusy, fmt.Errorf("member %s, defragmented since %s by %s, does not answer: %w",

@@ -383,7 +383,7 @@ func (r *recovery) defragment(ctx context.Context, target *pb.Member) error {
 		"db_size_bytes", st.DBSize, "db_quota_bytes", st.Quota)
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.DefragTimeout)
 	defer cancel()
-	d := a.defragmentAndWait(dctx, st.Endpoint, cli)
+	d := a.defragmentAndWait(dctx, st.Endpoint, cli, ctx.Done())
 	if target.ID == c.st.ID {
 		a.metrics.defragDuration.Observe(d.took.Seconds())
 	}

@@ -443,15 +443,31 @@ func (c *Cluster) agreedLeader(ctx context.Context) (*Member, error) {
 	return nil, fmt.Errorf("leader %x is not a running member", lead)
 }
 
-// Revision returns the cluster's current revision (a linearizable read).
+// Revision returns the cluster's current revision (a linearizable read),
+// asking one member after the other until one answers: a member that
+// defragments answers nothing until it is done.
 func (c *Cluster) Revision(ctx context.Context) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
-	defer cancel()
-	resp, err := c.Client().Get(ctx, HarnessPrefix+"revision", clientv3.WithCountOnly())
-	if err != nil {
-		return 0, fmt.Errorf("revision: %w", err)
+	var errs []error
+	for {
+		for _, m := range c.members {
+			cli, err := m.Client()
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			actx, cancel := context.WithTimeout(ctx, time.Second)
+			resp, err := cli.Get(actx, HarnessPrefix+"revision", clientv3.WithCountOnly())
+			cancel()
+			if err == nil {
+				return resp.Header.Revision, nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", m.Name, err))
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("revision: %w", errors.Join(errs...))
+		}
+		errs = errs[:0]
 	}
-	return resp.Header.Revision, nil
 }
 
 // WaitHealthy waits until every running member answers a linearizable read
@@ -636,6 +652,13 @@ func (m *Member) Running() bool { return m.proc.running() }
 // Kill SIGKILLs the member's process group and waits until it is reaped.
 // The data directory stays for Restart.
 func (m *Member) Kill() error { return m.proc.kill() }
+
+// Terminate sends SIGTERM to the member's etcd, as the kubelet does in a
+// rollout, and waits until it exited, up to grace (then SIGKILL).
+func (m *Member) Terminate(grace time.Duration) error {
+	_, err := m.proc.terminate(grace)
+	return err
+}
 
 // Stop freezes the member with SIGSTOP: it keeps its ports but answers
 // nothing, like a hung machine.

@@ -338,6 +338,35 @@ func (l *Load) Stats(from, to time.Time) LoadStats {
 	return s
 }
 
+// Unexplained returns the requests of the window [from, to) that failed
+// and that no single defrag of ds explains: a request explained by a defrag
+// waited, from its start to its end (within slack), while that defrag ran —
+// a client stuck on a member that defragments longer than its timeout,
+// which no coordination can spare it.
+func (l *Load) Unexplained(from, to time.Time, ds []Defrag, slack time.Duration) (failed, unexplained []Request) {
+	for _, r := range l.Requests() {
+		if r.Err == "" || !r.End.After(from) || !r.Start.Before(to) {
+			continue
+		}
+		failed = append(failed, r)
+		explained := false
+		for _, d := range ds {
+			end := d.End
+			if d.Running() {
+				end = to
+			}
+			if !d.Start.After(r.Start.Add(slack)) && !end.Before(r.End.Add(-slack)) {
+				explained = true
+				break
+			}
+		}
+		if !explained {
+			unexplained = append(unexplained, r)
+		}
+	}
+	return failed, unexplained
+}
+
 // errLoadFailed is returned by CheckNoFailures.
 var errLoadFailed = errors.New("failed requests")
 
