@@ -10,7 +10,7 @@ IMAGE_TAG      ?= $(VERSION)
 # The image's platform follows the binary's (GOARCH=arm64 make image needs BuildKit; see the README).
 IMAGE_PLATFORM ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: all build image test-image demo test check-fmt vet race lint fuzz fuzz-seeds clean
+.PHONY: all build image test-image demo test test-short check-fmt vet race lint fuzz fuzz-seeds clean
 
 all: build test
 
@@ -31,8 +31,12 @@ test-image: build
 demo:
 	$(GO) run ./cmd/demo
 
-## test: the README's test command — formatting, vet, and every test with the race detector
+## test: the README's test command — formatting, vet, and every test with the race detector, in both
+## modules: the product's (.) and the harness's (test/: e2e and bench helpers, the manifests' tests)
 test: check-fmt vet race
+
+# The harness's own module (test/go.mod): e2e, benchmarks, manifest tests, kubecheck.
+HARNESS := cd test &&
 
 check-fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -40,13 +44,20 @@ check-fmt:
 
 vet:
 	$(GO) vet ./...
+	$(HARNESS) $(GO) vet ./... && $(GO) vet -tags e2e ./e2e/ && $(GO) vet -tags bench ./bench/
 
 race:
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(HARNESS) $(GO) test -race -count=1 -timeout 20m ./...
+
+## test-short: the fast tier alone: decisions against fakes, config, rule (no etcd starts)
+test-short:
+	$(GO) test -short -count=1 ./...
 
 ## lint: golangci-lint with the linters of .golangci.yml (installed on demand)
 lint:
 	$(GO) run $(GOLANGCI_LINT) run ./...
+	$(HARNESS) $(GO) run $(GOLANGCI_LINT) run --config ../.golangci.yml ./...
 
 ## fuzz: run each fuzz target for FUZZTIME (seed corpora run in `make test`)
 fuzz:
@@ -63,8 +74,8 @@ E2E_RUN      ?= .
 STRESS_COUNT ?= 20
 
 e2e:
-	$(GO) vet -tags e2e ./test/e2e/
-	$(GO) test -tags e2e -count=1 -timeout 30m -v -run '$(E2E_RUN)' ./test/e2e/
+	$(HARNESS) $(GO) vet -tags e2e ./e2e/
+	$(HARNESS) $(GO) test -tags e2e -count=1 -timeout 30m -v -run '$(E2E_RUN)' ./e2e/
 
 ## stress: repeat the e2e fault scenarios STRESS_COUNT times (default 20); summary in bin/stress/summary.txt
 stress:
@@ -81,15 +92,15 @@ stress:
 BENCH_TIMEOUT ?= 60m
 
 bench:
-	$(GO) vet -tags bench ./test/bench/
-	BENCH_COMMAND="make bench" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v ./test/bench/
+	$(HARNESS) $(GO) vet -tags bench ./bench/
+	$(HARNESS) BENCH_COMMAND="make bench" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v ./bench/
 
 bench-quick:
-	$(GO) vet -tags bench ./test/bench/
-	BENCH_QUICK=1 BENCH_COMMAND="make bench-quick" $(GO) test -tags bench -count=1 -timeout 20m -v ./test/bench/
+	$(HARNESS) $(GO) vet -tags bench ./bench/
+	$(HARNESS) BENCH_QUICK=1 BENCH_COMMAND="make bench-quick" $(GO) test -tags bench -count=1 -timeout 20m -v ./bench/
 
 bench-report:
-	BENCH_REPORT_ONLY=1 $(GO) test -tags bench -count=1 -run '^$$' ./test/bench/
+	$(HARNESS) BENCH_REPORT_ONLY=1 $(GO) test -tags bench -count=1 -run '^$$' ./bench/
 
 .PHONY: bench bench-quick bench-report
 
@@ -100,7 +111,7 @@ bench-report:
 KUBE_E2E_PARTS ?= kamaji,static,statefulset,prometheus
 
 kube-e2e:
-	cd test/kube && GOWORK=off $(GO) vet ./...
+	$(HARNESS) $(GO) vet ./kube/...
 	KUBE_E2E_PARTS=$(KUBE_E2E_PARTS) test/kube/run.sh
 
 .PHONY: kube-e2e

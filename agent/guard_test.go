@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -62,7 +63,7 @@ func defragsOf(c *etcdtest.Cluster, id uint64) int {
 // budget goes ahead.
 func TestProbeBudget(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 2000, ValueSize: 1024, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 1024, Garbage: 0.5})
 	fs := followers(t, c)
 	m, other := fs[0], fs[1]
 	used := float64(inUse(t, c, m))
@@ -137,7 +138,7 @@ func TestProbeBudget(t *testing.T) {
 // fake here; the end-to-end suite fills a real small filesystem.)
 func TestDiskSpace(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 2000, ValueSize: 1024, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 1024, Garbage: 0.5})
 	m := followers(t, c)[0]
 	used := inUse(t, c, m)
 	var free int64
@@ -181,7 +182,7 @@ func TestDiskSpace(t *testing.T) {
 // in last/; the next forecast is based on it.
 func TestDefragRecordsCopyRate(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 4000, ValueSize: 4096, Garbage: 0.25})
+	fill(t, c, etcddata.FillOptions{Keys: 4000, ValueSize: 4096, Garbage: 0.25})
 	m := followers(t, c)[0]
 	used := inUse(t, c, m)
 	if used < minRateBytes {

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
@@ -134,10 +135,10 @@ func newCluster(t testing.TB, opts etcdtest.Options) *etcdtest.Cluster {
 }
 
 // fill writes data with garbage, so every member has something to reclaim.
-func fill(t testing.TB, c *etcdtest.Cluster, opts etcdtest.FillOptions) etcdtest.FillResult {
+func fill(t testing.TB, c *etcdtest.Cluster, opts etcddata.FillOptions) etcddata.FillResult {
 	t.Helper()
 	cli := c.ClientT(t)
-	res, err := etcdtest.Fill(t.Context(), cli, opts)
+	res, err := etcddata.Fill(t.Context(), cli, opts)
 	if err != nil {
 		t.Fatalf("fill: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -55,7 +56,7 @@ func TestMetricsAllLabelsFromStart(t *testing.T) {
 // exactly.
 func TestMetricsAfterCycle(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
 	m := followers(t, c)[0]
 	a := newTestAgent(t, c, m, "fragmentation > 0.1")
 	if err := a.RunOnce(t.Context()); err != nil {

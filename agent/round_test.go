@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -15,7 +16,7 @@ import (
 // lines. Several rounds, fresh agents each time.
 func TestRoundAllAtOnce(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 4000, ValueSize: 512, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 4000, ValueSize: 512, Garbage: 0.5})
 
 	for round := 1; round <= 5; round++ {
 		t.Logf("round %d", round)
@@ -59,7 +60,7 @@ func TestRoundAllAtOnce(t *testing.T) {
 // request to decide. Same judgement as TestRoundAllAtOnce.
 func TestRoundDaemons(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 4000, ValueSize: 512, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 4000, ValueSize: 512, Garbage: 0.5})
 	l := leader(t, c)
 	before := snapshotData(t, c)
 

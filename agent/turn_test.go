@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
@@ -28,7 +29,7 @@ const defragMethod = "/etcdserverpb.Maintenance/Defragment"
 // slowFill writes enough data that a defrag takes a while on every member.
 func slowFill(t testing.TB, c *etcdtest.Cluster) {
 	t.Helper()
-	res := fill(t, c, etcdtest.FillOptions{Keys: 150_000, ValueSize: 200, Garbage: 0.3, OpsPerTxn: 1000})
+	res := fill(t, c, etcddata.FillOptions{Keys: 150_000, ValueSize: 200, Garbage: 0.3, OpsPerTxn: 1000})
 	t.Logf("filled %d keys in %v", res.Keys, res.Took)
 }
 
@@ -184,7 +185,7 @@ func defragStarted(ds []etcdtest.Defrag, id uint64) bool {
 // reports a failure instead of a success.
 func TestDefragRequestNeverRan(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{})
-	fill(t, c, etcdtest.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
 	m := followers(t, c)[0]
 	drop := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if method == defragMethod {

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -26,7 +27,7 @@ type demo struct {
 	c       *etcdtest.Cluster
 	cli     *clientv3.Client // every member's client URL
 	version string           // etcd's version
-	filled  etcdtest.FillResult
+	filled  etcddata.FillResult
 	lead    *etcdtest.Member // the leader when the sizes were read
 	before  map[uint64]sizes // every member's sizes just before the agents start
 }
@@ -142,7 +143,7 @@ func (d *demo) fragment(ctx context.Context) error {
 	o := d.opts
 	d.printf("\nFragmenting: %d keys of %d B (%s of values), then %.0f%% of them deleted and the history compacted ...\n",
 		o.keys, o.valueSize, mib(int64(o.keys)*int64(o.valueSize)), 100*o.garbage)
-	res, err := etcdtest.Fill(ctx, d.cli, etcdtest.FillOptions{Keys: o.keys, ValueSize: o.valueSize, Garbage: o.garbage})
+	res, err := etcddata.Fill(ctx, d.cli, etcddata.FillOptions{Keys: o.keys, ValueSize: o.valueSize, Garbage: o.garbage})
 	if err != nil {
 		return err
 	}

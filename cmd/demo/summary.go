@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -166,7 +167,7 @@ func leaderLast(ds []etcdtest.Defrag, leader *etcdtest.Member) (bool, string) {
 func (d *demo) sameData(ctx context.Context) (bool, string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := d.cli.Get(cctx, etcdtest.DefaultFillPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := d.cli.Get(cctx, etcddata.DefaultFillPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return false, "", fmt.Errorf("count keys: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -31,18 +32,18 @@ func BenchmarkStartClose(b *testing.B) {
 
 type fillCase struct {
 	name      string
-	opts      etcdtest.FillOptions
+	opts      etcddata.FillOptions
 	maxTxnOps uint
 }
 
 var fillCases = []fillCase{
-	{"a_20k_x_1KiB", etcdtest.FillOptions{Keys: 20_000, ValueSize: 1 << 10, Garbage: 0.5}, 0},
-	{"b_200k_x_100B", etcdtest.FillOptions{Keys: 200_000, ValueSize: 100, Garbage: 0.5}, 0},
-	{"c_100_x_1MiB", etcdtest.FillOptions{Keys: 100, ValueSize: 1 << 20, Garbage: 0.5}, 0},
+	{"a_20k_x_1KiB", etcddata.FillOptions{Keys: 20_000, ValueSize: 1 << 10, Garbage: 0.5}, 0},
+	{"b_200k_x_100B", etcddata.FillOptions{Keys: 200_000, ValueSize: 100, Garbage: 0.5}, 0},
+	{"c_100_x_1MiB", etcddata.FillOptions{Keys: 100, ValueSize: 1 << 20, Garbage: 0.5}, 0},
 	// A defrag of >= 1 s on a 2-core machine: ~270 MiB in use.
-	{"d_300_x_1MiB", etcdtest.FillOptions{Keys: 300, ValueSize: 1 << 20, Garbage: 0.1}, 0},
+	{"d_300_x_1MiB", etcddata.FillOptions{Keys: 300, ValueSize: 1 << 20, Garbage: 0.1}, 0},
 	// Bigger Txns are no faster (4.1-7.7 s vs 3.5-7.9 s on case b).
-	{"b_200k_x_100B_1000ops", etcdtest.FillOptions{Keys: 200_000, ValueSize: 100, Garbage: 0.5, OpsPerTxn: 1000}, 1000},
+	{"b_200k_x_100B_1000ops", etcddata.FillOptions{Keys: 200_000, ValueSize: 100, Garbage: 0.5, OpsPerTxn: 1000}, 1000},
 }
 
 // BenchmarkFillDefrag measures Fill on a 3-member cluster and then one
@@ -89,7 +90,7 @@ func benchFillDefrag(b *testing.B, fc fillCase, nofsync bool) {
 		b.Fatal(err)
 	}
 	defer func() { _ = cli.Close() }()
-	res, err := etcdtest.Fill(ctx, cli, fc.opts)
+	res, err := etcddata.Fill(ctx, cli, fc.opts)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -87,7 +89,7 @@ type Cluster struct {
 	members []*Member
 	next    int // number of the next member name
 	closed  bool
-	holds   []*HeldSnapshot // released by Close
+	holds   []*etcddata.HeldSnapshot // released by Close
 
 	addMu     sync.Mutex // serialises AddLearner
 	closeOnce sync.Once
@@ -561,7 +563,7 @@ func (c *Cluster) WaitCompacted(ctx context.Context, rev int64) error {
 		}
 		for range 3 {
 			_, err = cli.Compact(ctx, rev, clientv3.WithCompactPhysical())
-			if err != nil && !isCompacted(err) {
+			if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
 				break
 			}
 			err = nil

@@ -8,24 +8,24 @@ import (
 
 	"go.uber.org/zap/zapcore"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdlog"
 )
 
 // The log messages that delimit a defragmentation.
 const (
-	msgDefragStart  = defrag.MsgStart
-	msgDefragEnd    = defrag.MsgEnd
-	msgDefragFailed = defrag.MsgFailed
+	msgDefragStart  = etcdlog.MsgStart
+	msgDefragEnd    = etcdlog.MsgEnd
+	msgDefragFailed = etcdlog.MsgFailed
 )
 
 // Defrag is one defragmentation of one member, as the member itself logged
-// it (see package internal/defrag).
-type Defrag = defrag.Defrag
+// it (see package internal/etcdlog).
+type Defrag = etcdlog.Defrag
 
 // Overlaps returns every pair of defragmentations in ds whose intervals
-// overlap in time (see defrag.Overlaps). An empty result means invariant
+// overlap in time (see etcdlog.Overlaps). An empty result means invariant
 // I1 held for ds.
-func Overlaps(ds []Defrag) [][2]Defrag { return defrag.Overlaps(ds) }
+func Overlaps(ds []Defrag) [][2]Defrag { return etcdlog.Overlaps(ds) }
 
 // recorder collects the defragmentations of every member of one cluster
 // from the members' log entries.

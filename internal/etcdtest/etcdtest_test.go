@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -87,7 +88,7 @@ func TestDefragsOnePerCall(t *testing.T) {
 	c := etcdtest.New(t, etcdtest.Options{})
 	ctx := t.Context()
 	cli := c.ClientT(t)
-	if _, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5}); err != nil {
+	if _, err := etcddata.Fill(ctx, cli, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5}); err != nil {
 		t.Fatal(err)
 	}
 	if ds := c.Defrags(); len(ds) != 0 {
@@ -129,7 +130,7 @@ func TestConcurrentDefragsOverlap(t *testing.T) {
 	cli := c.ClientT(t)
 	// ~20 MiB in use: each defrag lasts about 100 ms (1 s with -race), so
 	// two defrags started together overlap.
-	if _, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 20, ValueSize: 1 << 20, Garbage: 0.1}); err != nil {
+	if _, err := etcddata.Fill(ctx, cli, etcddata.FillOptions{Keys: 20, ValueSize: 1 << 20, Garbage: 0.1}); err != nil {
 		t.Fatal(err)
 	}
 	ms := c.Members()[:2]
@@ -427,7 +428,7 @@ func TestFillFragments(t *testing.T) {
 	c := etcdtest.New(t, etcdtest.Options{UnsafeNoFsync: true})
 	ctx := t.Context()
 	cli := c.ClientT(t)
-	res, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 5000, ValueSize: 1024, Garbage: 0.5})
+	res, err := etcddata.Fill(ctx, cli, etcddata.FillOptions{Keys: 5000, ValueSize: 1024, Garbage: 0.5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +455,7 @@ func TestFillFragments(t *testing.T) {
 		}
 		t.Logf("%s: dbSize %d dbSizeInUse %d", m.Name, st.DbSize, st.DbSizeInUse)
 	}
-	resp, err := cli.Get(ctx, etcdtest.DefaultFillPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := cli.Get(ctx, etcddata.DefaultFillPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,14 +469,14 @@ func TestFillOverwriteAndQuota(t *testing.T) {
 	c := etcdtest.New(t, etcdtest.Options{Members: 1, QuotaBackendBytes: 8 << 20, UnsafeNoFsync: true})
 	ctx := t.Context()
 	cli := c.ClientT(t)
-	res, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 1000, ValueSize: 1024, Garbage: 0.5, Overwrite: true})
+	res, err := etcddata.Fill(ctx, cli, etcddata.FillOptions{Keys: 1000, ValueSize: 1024, Garbage: 0.5, Overwrite: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Keys != 1000 || res.Garbage != 500 || res.BytesWritten != 1500*1024 {
 		t.Errorf("Fill(overwrite) = %+v", res)
 	}
-	_, err = etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Prefix: "/big/", Keys: 100, ValueSize: 1 << 20})
+	_, err = etcddata.Fill(ctx, cli, etcddata.FillOptions{Prefix: "/big/", Keys: 100, ValueSize: 1 << 20})
 	if !errors.Is(err, rpctypes.ErrNoSpace) {
 		t.Errorf("Fill past the quota: error = %v, want %v", err, rpctypes.ErrNoSpace)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 )
 
@@ -26,7 +27,7 @@ func ExampleStart() {
 	}
 	defer func() { _ = cli.Close() }()
 
-	res, err := etcdtest.Fill(ctx, cli, etcdtest.FillOptions{Keys: 1000, ValueSize: 1024, Garbage: 0.5})
+	res, err := etcddata.Fill(ctx, cli, etcddata.FillOptions{Keys: 1000, ValueSize: 1024, Garbage: 0.5})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdtest"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
@@ -45,14 +46,14 @@ func newClient(t *testing.T, c *etcdtest.Cluster, ms ...*etcdtest.Member) *steer
 	return cl
 }
 
-// holdDefrag fills the cluster past etcdtest.MinHeldSnapshot, holds a
+// holdDefrag fills the cluster past etcddata.MinHeldSnapshot, holds a
 // snapshot of m and defragments m in the background: the defrag runs until
 // the returned release is called (the test's cleanup calls it too). It
 // returns once etcd logs that m defragments.
 func holdDefrag(t *testing.T, c *etcdtest.Cluster, m *etcdtest.Member) (started time.Time, release func()) {
 	t.Helper()
 	cli := c.ClientT(t)
-	if _, err := etcdtest.Fill(t.Context(), cli, etcdtest.FillOptions{Keys: 160, ValueSize: 256 << 10}); err != nil {
+	if _, err := etcddata.Fill(t.Context(), cli, etcddata.FillOptions{Keys: 160, ValueSize: 256 << 10}); err != nil {
 		t.Fatal(err)
 	}
 	h, err := c.HoldSnapshot(t.Context(), m)

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
 
@@ -68,11 +69,11 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	c := newCluster(t, pc.members, 0)
 	ctx := within(t, 20*time.Minute)
 	keys := pc.dataMiB * (1 << 20) / p1ValueSize
-	res, err := c.Fill(ctx, e2e.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5, Compact: true})
+	res, err := c.Fill(ctx, etcddata.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("filled %d MiB in %v", res.Bytes>>20, res.Took.Round(time.Millisecond))
+	t.Logf("filled %d MiB in %v", res.BytesWritten>>20, res.Took.Round(time.Millisecond))
 	snap := t.TempDir()
 	start := time.Now()
 	snapshot(t, c, snap)

@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
 
@@ -49,7 +50,7 @@ func TestP2ClientImpact(t *testing.T) {
 	})
 	ctx := within(t, 15*time.Minute)
 	keys := cfg.p2DataMiB * (1 << 20) / p1ValueSize
-	if _, err := c.Fill(ctx, e2e.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5, Compact: true}); err != nil {
+	if _, err := c.Fill(ctx, etcddata.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5}); err != nil {
 		t.Fatal(err)
 	}
 	snap := t.TempDir()

@@ -472,7 +472,7 @@ func (w *report) p5() {
 
 func (w *report) method() {
 	w.p("## How it was measured\n")
-	w.p("- `make bench` builds the agent and the etcd of the line under test (`E2E_ETCD_VERSIONS`, default 3.6; cached after the first build), runs `go test -tags bench ./test/bench/` and writes this file, `bench/*.png` and `bench/results.json` (every number above). `make bench-quick` runs everything briefly into `bin/bench-quick/`.")
+	w.p("- `make bench` builds the agent and the etcd of the line under test (`E2E_ETCD_VERSIONS`, default 3.6; cached after the first build), runs `go test -tags bench ./bench/` in the harness module (`test/`) and writes this file, `bench/*.png` and `bench/results.json` (every number above). `make bench-quick` runs everything briefly into `bin/bench-quick/`.")
 	w.p("- Every member: `--heartbeat-interval=50 --election-timeout=1000 --snapshot-count=1000`, its data in the temporary directory (the disk above). The e2e observer's inflight-gauge sampling is off (it costs etcd about 3.6 ms of CPU per scrape, a quarter of this machine for three members); overlaps are still judged from the members' log lines.")
 	w.p("- Durations of defrags are etcd's own, from its log lines (`defragmenting` … `finished defragmenting directory`).")
 	w.p("- Numbers depend on the machine: a defrag copies the live data and fsyncs it, so disk speed sets the floor; everything else is a few round trips on loopback and some CPU.")

@@ -373,18 +373,28 @@ func flock(ctx context.Context, path string) (func(), error) {
 	}
 }
 
-// BuildAgent builds the agent binary from ./cmd/agent of this module into
-// dir and returns its path. ctx bounds the build.
+// BuildAgent builds the agent binary from ./cmd/agent of the product's
+// module (the checkout this harness module replaces it with) into dir and
+// returns its path. ctx bounds the build.
 func BuildAgent(ctx context.Context, dir string) (string, error) {
 	goBin, err := goTool()
 	if err != nil {
 		return "", err
 	}
+	where, err := exec.CommandContext(ctx, goBin, "list", "-m", "-f", "{{.Dir}}", productModule).Output()
+	if err != nil {
+		return "", fmt.Errorf("find the module %s: %w", productModule, err)
+	}
 	out := filepath.Join(dir, "etcd-defrag-agent")
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "github.com/etcd-defrag-agent/etcd-defrag-agent/cmd/agent")
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "./cmd/agent")
+	cmd.Dir = strings.TrimSpace(string(where))
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build the agent: %w\n%s", err, b)
 	}
 	return out, nil
 }
+
+// productModule is the module of the agent; this harness's go.mod replaces
+// it with the checkout it lives in.
+const productModule = "github.com/etcd-defrag-agent/etcd-defrag-agent"

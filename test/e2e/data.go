@@ -18,104 +18,29 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
-
-// DefaultFillPrefix is where Fill writes by default.
-const DefaultFillPrefix = "/e2e/fill/"
 
 // HarnessPrefix is where the harness itself writes (probes of
 // writability); Data leaves these keys out, like the agents' keys.
 const HarnessPrefix = "/e2e-harness/"
 
-// FillOptions says what Fill writes.
-type FillOptions struct {
-	// Prefix of the keys; "" means DefaultFillPrefix. Keys are Prefix and a
-	// zero-padded 9-digit index.
-	Prefix string
-	// Keys is the number of keys written; it must be > 0.
-	Keys int
-	// ValueSize is the size of every value in bytes; 0 means 1024.
-	ValueSize int
-	// Garbage is the fraction (0 to 1) of the keys deleted after they are
-	// written; with Compact, the space they took becomes free pages.
-	Garbage float64
-	// Compact compacts to the newest revision at the end and makes every
-	// member apply and commit it, so Status shows the free pages
-	// (dbSizeInUse drops).
-	Compact bool
-	// Concurrency is the number of requests in flight; 0 means 4.
-	Concurrency int
-}
-
-// FillResult says what Fill did.
-type FillResult struct {
-	Keys     int   // keys under the prefix at the end
-	Bytes    int64 // value bytes written
-	Revision int64 // the store's revision after the last write
-	Took     time.Duration
-}
-
-// Fill writes opts.Keys keys of opts.ValueSize bytes through the cluster's
-// client (Txns of up to 1 MiB of values, or one Put per value above that),
-// deletes the first Garbage*Keys of them, and optionally compacts. ctx
-// bounds everything.
-func (c *Cluster) Fill(ctx context.Context, opts FillOptions) (FillResult, error) {
+// Fill writes through the cluster's client what opts says (etcddata.Fill)
+// and, unless opts.NoCompact, compacts to the newest revision on every
+// member (Compact), so that every member's Status shows the free pages.
+func (c *Cluster) Fill(ctx context.Context, opts etcddata.FillOptions) (etcddata.FillResult, error) {
 	start := time.Now()
-	var res FillResult
-	if opts.Keys <= 0 {
-		return res, fmt.Errorf("fill: keys = %d, want > 0", opts.Keys)
+	compact := !opts.NoCompact
+	opts.NoCompact = true
+	res, err := etcddata.Fill(ctx, c.Client(), opts)
+	if err != nil || !compact {
+		return res, err
 	}
-	if opts.Garbage < 0 || opts.Garbage > 1 || math.IsNaN(opts.Garbage) {
-		return res, fmt.Errorf("fill: garbage = %v, want 0..1", opts.Garbage)
-	}
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultFillPrefix
-	}
-	if opts.ValueSize <= 0 {
-		opts.ValueSize = 1024
-	}
-	if opts.Concurrency <= 0 {
-		opts.Concurrency = 4
-	}
-	cli := c.Client()
-	key := func(i int) string { return fmt.Sprintf("%s%09d", opts.Prefix, i) }
-	value := strings.Repeat("x", opts.ValueSize)
-	perTxn := max(1, min(128, (1<<20)/(opts.ValueSize+len(opts.Prefix)+9)))
-	var mu sync.Mutex
-	put := func(ctx context.Context, lo, hi int) error {
-		ops := make([]clientv3.Op, 0, hi-lo)
-		for i := lo; i < hi; i++ {
-			ops = append(ops, clientv3.OpPut(key(i), value))
-		}
-		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
-			return fmt.Errorf("put keys %d..%d: %w", lo, hi-1, err)
-		}
-		mu.Lock()
-		res.Bytes += int64((hi - lo) * opts.ValueSize)
-		mu.Unlock()
-		return nil
-	}
-	if err := defrag.InBatches(ctx, opts.Concurrency, opts.Keys, perTxn, put); err != nil {
+	t := time.Now()
+	if err := c.Compact(ctx, res.Revision); err != nil {
 		return res, fmt.Errorf("fill: %w", err)
 	}
-	res.Keys = opts.Keys
-	if garbage := int(math.Round(opts.Garbage * float64(opts.Keys))); garbage > 0 {
-		if _, err := cli.Delete(ctx, key(0), clientv3.WithRange(key(garbage))); err != nil {
-			return res, fmt.Errorf("fill: delete keys 0..%d: %w", garbage-1, err)
-		}
-		res.Keys -= garbage
-	}
-	get, err := cli.Get(ctx, opts.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return res, fmt.Errorf("fill: read revision: %w", err)
-	}
-	res.Revision = get.Header.Revision
-	if opts.Compact {
-		if err := c.Compact(ctx, res.Revision); err != nil {
-			return res, fmt.Errorf("fill: %w", err)
-		}
-	}
+	res.CompactTook = time.Since(t)
 	res.Took = time.Since(start)
 	return res, nil
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,7 +52,7 @@ func TestDiskGuard(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		fragment(t, c, FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
+		fragment(t, c, etcddata.FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
 		before := obs.Data(t)
 		st, err := small.Status(ctx)
 		if err != nil {

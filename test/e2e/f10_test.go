@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -62,7 +63,7 @@ func TestF10BadInputs(t *testing.T) {
 		c := NewCluster(t, ClusterOptions{Line: line})
 		obs := c.Observer()
 		ctx := within(t, 3*time.Minute)
-		if _, err := c.Fill(ctx, FillOptions{Keys: 500, ValueSize: 1 << 10}); err != nil {
+		if _, err := c.Fill(ctx, etcddata.FillOptions{Keys: 500, ValueSize: 1 << 10, NoCompact: true}); err != nil {
 			t.Fatal(err)
 		}
 		lead, err := c.Leader(ctx)

@@ -5,6 +5,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // TestF1AgentKilledMidDefrag: the agent whose member defragments is
@@ -17,7 +19,7 @@ func TestF1AgentKilledMidDefrag(t *testing.T) {
 	forEachLine(t, func(t *testing.T, line string) {
 		c := NewCluster(t, ClusterOptions{Line: line})
 		obs := c.Observer()
-		fragment(t, c, FillOptions{Keys: 200, ValueSize: 1 << 20, Garbage: 0.1}, 16<<20)
+		fragment(t, c, etcddata.FillOptions{Keys: 200, ValueSize: 1 << 20, Garbage: 0.1}, 16<<20)
 		before := obs.Data(t)
 		n := len(obs.Defrags())
 

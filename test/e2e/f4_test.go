@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -61,7 +62,7 @@ func f4(t *testing.T, line string, cutLeader bool) {
 	c := NewCluster(t, ClusterOptions{Line: line, Netns: true})
 	obs := c.Observer()
 	ctx := within(t, 4*time.Minute)
-	if _, err := c.Fill(ctx, FillOptions{Keys: 2000, ValueSize: 1 << 10}); err != nil {
+	if _, err := c.Fill(ctx, etcddata.FillOptions{Keys: 2000, ValueSize: 1 << 10, NoCompact: true}); err != nil {
 		t.Fatal(err)
 	}
 	before := obs.Data(t)

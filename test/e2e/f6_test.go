@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -64,7 +65,7 @@ func TestF6DefragLongerThanLease(t *testing.T) {
 		ctx := within(t, 3*time.Minute)
 		// 60 MiB written, a third deleted: 20 MiB free, 40 MiB live (a held
 		// snapshot needs a file of 32 MiB).
-		fill := FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}
+		fill := etcddata.FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}
 		fragment(t, c, fill, 6<<20)
 		lead, err := c.Leader(ctx)
 		if err != nil {
@@ -148,7 +149,7 @@ func TestF6DefragLongerThanLease(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		key := func(i int) string { return fmt.Sprintf("%s%09d", DefaultFillPrefix, i) }
+		key := func(i int) string { return fmt.Sprintf("%s%09d", etcddata.DefaultFillPrefix, i) }
 		live := int(float64(fill.Keys) * fill.Garbage) // the first live key
 		del, err := fcli.Delete(ctx, key(live), clientv3.WithRange(key(live+20)))
 		if err != nil {

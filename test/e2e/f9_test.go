@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // f9Rate is the requests per second of each load goroutine: two loads of
@@ -61,7 +63,7 @@ func TestF9ClientLoad(t *testing.T) {
 		// 1-3 s per defrag on two cores: well below the requests' 5 s
 		// timeout, which a request that reaches a defragmenting member
 		// waits out (see the README's F9 notes).
-		fragment(t, c, FillOptions{Keys: 30_000, ValueSize: 4 << 10, Garbage: 0.1}, 8<<20)
+		fragment(t, c, etcddata.FillOptions{Keys: 30_000, ValueSize: 4 << 10, Garbage: 0.1}, 8<<20)
 		before := obs.Data(t)
 
 		loads := []*Load{

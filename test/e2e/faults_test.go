@@ -6,6 +6,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // Helpers of the fault scenarios F2, F3, F6, F7 and F8.
@@ -40,7 +42,7 @@ const stopTTL = "--lock-ttl=20s"
 // enough that a defrag takes a moment.
 func smallData(t testing.TB, c *Cluster) {
 	t.Helper()
-	if _, err := c.Fill(within(t, time.Minute), FillOptions{Keys: 2000, ValueSize: 1 << 10}); err != nil {
+	if _, err := c.Fill(within(t, time.Minute), etcddata.FillOptions{Keys: 2000, ValueSize: 1 << 10, NoCompact: true}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // forEachLine runs fn as one subtest per etcd line of the version matrix
@@ -31,10 +33,10 @@ func within(t testing.TB, d time.Duration) context.Context {
 // fragment fills the cluster, deletes a share of it and compacts, and checks
 // that every member's Status shows at least minFree bytes free. It fails the
 // test otherwise.
-func fragment(t testing.TB, c *Cluster, opts FillOptions, minFree int64) {
+func fragment(t testing.TB, c *Cluster, opts etcddata.FillOptions, minFree int64) {
 	t.Helper()
 	ctx := within(t, 2*time.Minute)
-	opts.Compact = true
+	opts.NoCompact = false
 	res, err := c.Fill(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +51,7 @@ func fragment(t testing.TB, c *Cluster, opts FillOptions, minFree int64) {
 				m.Name, st.DbSize, st.DbSizeInUse, free, minFree)
 		}
 	}
-	t.Logf("filled: %d MiB written, %d keys left, in %v", res.Bytes>>20, res.Keys, res.Took.Round(time.Millisecond))
+	t.Logf("filled: %d MiB written, %d keys left, in %v", res.BytesWritten>>20, res.Keys, res.Took.Round(time.Millisecond))
 }
 
 // boolValue is 1 for true, for Record.

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdlog"
 )
 
 // Overlaps returns every I1 violation seen so far: pairs of members whose
@@ -40,7 +40,7 @@ func (o *Observer) Overlaps() []string {
 // logOverlaps returns the pairs of intervals of different members that
 // overlap, each pair ordered by start.
 func logOverlaps(ds []Defrag) [][2]Defrag {
-	return slices.DeleteFunc(defrag.Overlaps(ds), func(p [2]Defrag) bool { return p[0].Member == p[1].Member })
+	return slices.DeleteFunc(etcdlog.Overlaps(ds), func(p [2]Defrag) bool { return p[0].Member == p[1].Member })
 }
 
 // window is a span of time during which a member's gauge was certainly 1.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -83,7 +84,7 @@ func longDefrag(t *testing.T, line string, v longVariant) {
 	obs := c.Observer()
 	// 60 MiB written, a third deleted: 20 MiB free, 40 MiB live (a held
 	// snapshot needs a file of 32 MiB).
-	fragment(t, c, FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
+	fragment(t, c, etcddata.FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
 	before := obs.Data(t)
 	ctx := within(t, time.Duration(v.members)*(longHold+20*time.Second)+time.Minute)
 	lead, err := c.Leader(ctx)

@@ -21,7 +21,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdlog"
 )
 
 // Sampling of the members' metrics.
@@ -46,17 +46,17 @@ const (
 // The log messages of etcd's own account of a defragmentation, in every
 // line from 3.4 to 3.7.
 const (
-	msgDefragStart  = defrag.MsgStart
-	msgDefragEnd    = defrag.MsgEnd
-	msgDefragEnd34  = defrag.MsgEnd34
-	msgDefragFailed = defrag.MsgFailed
+	msgDefragStart  = etcdlog.MsgStart
+	msgDefragEnd    = etcdlog.MsgEnd
+	msgDefragEnd34  = etcdlog.MsgEnd34
+	msgDefragFailed = etcdlog.MsgFailed
 )
 
 // Defrag is one defragmentation of one member, as the member logged it:
 // from its "defragmenting" line until its "finished defragmenting directory"
 // ("defragmented" on 3.4) or "failed to defragment" line. If the member's
 // process exited first, End is the time the harness saw it exit.
-type Defrag = defrag.Defrag
+type Defrag = etcdlog.Defrag
 
 // Sample is one scrape of a member's metrics.
 type Sample struct {

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // TestObserverCatchesViolations proves the observer is not blind, on real
@@ -32,7 +34,7 @@ func TestObserverCatchesViolations(t *testing.T) {
 	})
 	c := NewCluster(ct, ClusterOptions{Line: lines[len(lines)-1]})
 	obs := c.Observer()
-	fragment(t, c, FillOptions{Keys: 100, ValueSize: 1 << 20, Garbage: 0.1}, 1<<20)
+	fragment(t, c, etcddata.FillOptions{Keys: 100, ValueSize: 1 << 20, Garbage: 0.1}, 1<<20)
 	ctx := within(t, 2*time.Minute)
 	lead, err := c.Leader(ctx)
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -198,84 +198,26 @@ func (c *Cluster) MoveLeader(ctx context.Context, to *Member) error {
 	}
 }
 
-// minHeldSnapshot is the least database size HoldSnapshot accepts: etcd
-// sends ahead of the reader up to gRPC's flow-control window (up to 16 MiB
-// per stream) plus its own 32 KiB chunks, and a snapshot that fits in that
-// would be sent completely, its read transaction closed, while nobody reads.
-const minHeldSnapshot = 32 << 20
+// HeldSnapshot is a snapshot stream of one member that nobody reads
+// (etcddata.Hold): a defrag of the member lasts until it is released.
+type HeldSnapshot = etcddata.HeldSnapshot
 
-// HeldSnapshot is a snapshot stream (what a backup job reads) opened on one
-// member, of which the harness has read the first bytes and then nothing:
-// while it is open, etcd keeps a read transaction on the member's bbolt
-// file, and a defrag of that member, which must close the old file before
-// it renames the new one into place, stays "defragmenting" by etcd's own
-// account (log lines, inflight gauge) until the snapshot is released.
-type HeldSnapshot struct {
-	Member *Member
-
-	cli    *clientv3.Client
-	rc     io.ReadCloser
-	cancel context.CancelFunc
-	once   sync.Once
-}
-
-// HoldSnapshot opens a snapshot stream on the member, through a client of
-// its own, and returns once etcd has begun sending (its read transaction is
-// open). The member's database must be at least 32 MiB. ctx bounds the
-// opening; the stream stays open until Release, at the latest at t's
-// cleanup.
+// HoldSnapshot holds a snapshot stream of the member open, through a client
+// of its own, until Release, at the latest at t's cleanup. The member's
+// database must have at least etcddata.MinHeldSnapshot bytes; ctx bounds
+// the opening.
 func (m *Member) HoldSnapshot(ctx context.Context, t testing.TB) (*HeldSnapshot, error) {
 	t.Helper()
-	st, err := m.Status(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if st.DbSize < minHeldSnapshot {
-		return nil, fmt.Errorf("hold a snapshot of %s: its database has %d bytes, want at least %d (etcd would send it all and close its transaction)",
-			m.Name, st.DbSize, minHeldSnapshot)
-	}
 	cli, err := clientv3.New(m.c.clientConfig(m.ClientURL))
 	if err != nil {
 		return nil, fmt.Errorf("hold a snapshot of %s: %w", m.Name, err)
 	}
-	sctx, cancel := context.WithCancel(context.Background())
-	h := &HeldSnapshot{Member: m, cli: cli, cancel: cancel}
+	h, err := etcddata.Hold(ctx, cli, m.Name)
+	if err != nil {
+		return nil, err
+	}
 	t.Cleanup(h.Release)
-	rc, err := cli.Snapshot(sctx)
-	if err != nil {
-		h.Release()
-		return nil, fmt.Errorf("hold a snapshot of %s: %w", m.Name, err)
-	}
-	h.rc = rc
-	first := make(chan error, 1)
-	go func() {
-		var b [1]byte
-		_, err := io.ReadFull(rc, b[:])
-		first <- err
-	}()
-	select {
-	case err = <-first:
-	case <-ctx.Done():
-		err = context.Cause(ctx)
-	}
-	if err != nil {
-		h.Release()
-		return nil, fmt.Errorf("hold a snapshot of %s: first bytes: %w", m.Name, err)
-	}
 	return h, nil
-}
-
-// Release ends the snapshot stream: etcd's read transaction ends, and a
-// defrag of the member that waited for it goes on. Only the first call does
-// anything.
-func (h *HeldSnapshot) Release() {
-	h.once.Do(func() {
-		h.cancel()
-		if h.rc != nil {
-			_ = h.rc.Close()
-		}
-		_ = h.cli.Close()
-	})
 }
 
 // Identity returns how the agent names itself in etcd (its announcements,

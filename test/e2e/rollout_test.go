@@ -5,6 +5,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // rolloutDefragTimeout is the agents' --defrag-timeout in TestRolloutMidDefrag:
@@ -25,7 +27,7 @@ func TestRolloutMidDefrag(t *testing.T) {
 	forFaultLines(t, func(t *testing.T, line string) {
 		c := NewCluster(t, ClusterOptions{Line: line})
 		obs := c.Observer()
-		fragment(t, c, FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
+		fragment(t, c, etcddata.FillOptions{Keys: 60, ValueSize: 1 << 20, Garbage: 1.0 / 3}, 6<<20)
 		before := obs.Data(t)
 		ctx := within(t, 4*time.Minute)
 		lead, err := c.Leader(ctx)

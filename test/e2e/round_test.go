@@ -5,6 +5,8 @@ package e2e
 import (
 	"testing"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // TestRound is the basic round on every etcd line: three members with
@@ -21,7 +23,7 @@ func TestRound(t *testing.T) {
 		// on every member. The default rule wants more than 100 MiB free,
 		// which would only make the fill slower; this rule uses the same
 		// variables on the same real sizes.
-		fragment(t, c, FillOptions{Keys: 10_000, ValueSize: 4 << 10, Garbage: 0.5}, 16<<20)
+		fragment(t, c, etcddata.FillOptions{Keys: 10_000, ValueSize: 4 << 10, Garbage: 0.5}, 16<<20)
 		before := obs.Data(t)
 		lead, err := c.Leader(within(t, 10*time.Second))
 		if err != nil {

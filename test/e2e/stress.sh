@@ -28,7 +28,7 @@ export E2E_RESULTS="$PWD/$out/results.jsonl"
 : >"$E2E_RESULTS"
 
 start=$(date +%s)
-go test -tags e2e -count="$count" -timeout "${STRESS_TIMEOUT:-6h}" -v -run "$run" ./test/e2e/ >"$out/test.log" 2>&1
+(cd test && go test -tags e2e -count="$count" -timeout "${STRESS_TIMEOUT:-6h}" -v -run "$run" ./e2e/) >"$out/test.log" 2>&1
 rc=$?
 took=$(($(date +%s) - start))
 

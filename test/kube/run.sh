@@ -88,7 +88,7 @@ COREDNS_DIR=${dir_coredns:-} PROM_DIR=${dir_prometheus:-}
 K8S_VERSION=$("$KUBE_BIN/kubelet" --version | awk '{print $2}')
 ETCD_RELEASE=v$("$ETCD_DIR/etcd" --version | awk '/etcd Version/ {print $3}')
 KUBECHECK=$W/kubecheck
-(cd "$HERE" && GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0 go build -o "$KUBECHECK" ./kubecheck) || fail "build kubecheck"
+(cd "$HERE" && CGO_ENABLED=0 go build -o "$KUBECHECK" ./kubecheck) || fail "build kubecheck"
 log "programs ready in $((SECONDS - s))s: Kubernetes $K8S_VERSION, etcd $ETCD_RELEASE, $(containerd --version | awk '{print $1, $3}'), $(runc --version | head -1)"
 
 # shellcheck source=static.sh

@@ -13,38 +13,13 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcdlog"
 )
 
-// etcd's own account of a defragmentation (3.5+): the backend logs
-// msgStart once it holds the locks that block reads and writes, and msgEnd
-// just before it releases them; the maintenance server logs msgFailed when
-// Defragment returns an error. The same messages internal/defrag names.
-const (
-	msgStart  = "defragmenting"
-	msgEnd    = "finished defragmenting directory"
-	msgFailed = "failed to defragment"
-)
-
-// defrag is one defragmentation of one member, from that member's log.
-type defrag struct {
-	Member     string
-	Start, End time.Time // End is zero while running
-	Failed     bool
-}
-
-func (d defrag) running() bool { return d.End.IsZero() }
-
-func (d defrag) String() string {
-	end := "running"
-	if !d.running() {
-		end = fmt.Sprintf("%s (%v)", d.End.Format("15:04:05.000"), d.End.Sub(d.Start).Round(time.Millisecond))
-	}
-	s := fmt.Sprintf("%s %s..%s", d.Member, d.Start.Format("15:04:05.000"), end)
-	if d.Failed {
-		s += " failed"
-	}
-	return s
-}
+// defrag is one defragmentation of one member, by etcd's own account: its
+// log lines (package internal/etcdlog).
+type defrag = etcdlog.Defrag
 
 // memberLogs is a NAME=PATH argument: PATH is a container's log directory
 // (every *.log file in it, the kubelet's CRI format: one per container
@@ -80,34 +55,44 @@ func readDefrags(members []memberLogs, since time.Time) ([]defrag, error) {
 				return nil, err
 			}
 		}
-		var entries []logEntry
+		// One file per container instance, in the order they ran. A defrag
+		// left unfinished in an instance that was followed by another ended
+		// when that instance stopped: at its last entry, at the latest.
+		var instances [][]logEntry
 		for _, f := range files {
 			es, err := readCRILog(f)
 			if err != nil {
 				return nil, err
 			}
-			entries = append(entries, es...)
-		}
-		sort.SliceStable(entries, func(i, j int) bool { return entries[i].TS.Before(entries[j].TS) })
-		var cur *defrag
-		for _, e := range entries {
-			switch e.Msg {
-			case msgStart:
-				if cur != nil { // a start without an end: the member restarted mid-defrag
-					cur.Failed = true
-					all = append(all, *cur)
-				}
-				cur = &defrag{Member: m.name, Start: e.TS}
-			case msgEnd, msgFailed:
-				if cur != nil {
-					cur.End, cur.Failed = e.TS, e.Msg == msgFailed
-					all = append(all, *cur)
-					cur = nil
-				}
+			if len(es) > 0 {
+				sort.SliceStable(es, func(i, j int) bool { return es[i].TS.Before(es[j].TS) })
+				instances = append(instances, es)
 			}
 		}
-		if cur != nil {
-			all = append(all, *cur)
+		sort.SliceStable(instances, func(i, j int) bool { return instances[i][0].TS.Before(instances[j][0].TS) })
+		for k, entries := range instances {
+			var cur *defrag
+			for _, e := range entries {
+				switch e.Msg {
+				case etcdlog.MsgStart:
+					cur = &defrag{Member: m.name, Start: e.TS}
+				case etcdlog.MsgEnd, etcdlog.MsgEnd34, etcdlog.MsgFailed:
+					if cur != nil {
+						cur.End = e.TS
+						if e.Msg == etcdlog.MsgFailed {
+							cur.Err = "failed"
+						}
+						all = append(all, *cur)
+						cur = nil
+					}
+				}
+			}
+			if cur != nil {
+				if k < len(instances)-1 {
+					cur.End, cur.Err = entries[len(entries)-1].TS, "the member stopped"
+				}
+				all = append(all, *cur)
+			}
 		}
 	}
 	all = slices.DeleteFunc(all, func(d defrag) bool { return d.Start.Before(since) })
@@ -153,20 +138,6 @@ func readCRILog(path string) ([]logEntry, error) {
 	}
 }
 
-// overlaps returns the pairs of defragmentations that overlap in time; a
-// running one is open-ended.
-func overlaps(ds []defrag) [][2]defrag {
-	var out [][2]defrag
-	for i, a := range ds {
-		for _, b := range ds[i+1:] {
-			if a.running() || b.Start.Before(a.End) {
-				out = append(out, [2]defrag{a, b})
-			}
-		}
-	}
-	return out
-}
-
 // cmdDefrags prints etcd's account of the defragmentations since --since and
 // checks it: never two at once (always), each member exactly --each times,
 // the --leader's last.
@@ -198,11 +169,11 @@ func cmdDefrags(args []string) error {
 	var problems []string
 	for _, d := range ds {
 		fmt.Println("defrag", d)
-		if *done && d.running() {
+		if *done && d.Running() {
 			problems = append(problems, "still running: "+d.String())
 		}
 	}
-	for _, p := range overlaps(ds) {
+	for _, p := range etcdlog.Overlaps(ds) {
 		problems = append(problems, fmt.Sprintf("OVERLAP: %s and %s", p[0], p[1]))
 	}
 	if *each >= 0 {
@@ -256,7 +227,7 @@ func cmdDefrags(args []string) error {
 		}
 		found := false
 		for _, d := range ds {
-			if d.Member == m && !d.Start.After(t) && (d.running() || d.End.After(t)) {
+			if d.Member == m && !d.Start.After(t) && (d.Running() || d.End.After(t)) {
 				found = true
 			}
 		}
@@ -295,7 +266,7 @@ func cmdWaitDefrag(args []string) error {
 			return err
 		}
 		for _, d := range ds {
-			if d.running() {
+			if d.Running() {
 				fmt.Println(d.Member)
 				return nil
 			}

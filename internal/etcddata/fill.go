@@ -1,4 +1,4 @@
-package etcdtest
+package etcddata
 
 import (
 	"context"
@@ -12,12 +12,11 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/defrag"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 )
 
 // DefaultFillPrefix is the key prefix Fill writes under by default.
-const DefaultFillPrefix = "/etcdtest/fill/"
+const DefaultFillPrefix = "/etcddata/fill/"
 
 // FillOptions says what Fill writes.
 type FillOptions struct {
@@ -140,17 +139,17 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 		return nil
 	}
 
-	if err := defrag.InBatches(ctx, opts.Concurrency, opts.Keys, perTxn, put); err != nil {
+	if err := inBatches(ctx, opts.Concurrency, opts.Keys, perTxn, put); err != nil {
 		return res, fmt.Errorf("fill: %w", err)
 	}
 	res.Keys = opts.Keys
 	if garbage > 0 {
 		var err error
 		if opts.Overwrite {
-			err = defrag.InBatches(ctx, opts.Concurrency, garbage, perTxn, put)
+			err = inBatches(ctx, opts.Concurrency, garbage, perTxn, put)
 		} else {
 			// A range delete of 10000 keys is one small raft entry.
-			err = defrag.InBatches(ctx, opts.Concurrency, garbage, 10000, del)
+			err = inBatches(ctx, opts.Concurrency, garbage, 10000, del)
 			if err == nil {
 				res.Keys = opts.Keys - garbage
 			}
@@ -175,7 +174,7 @@ func Fill(ctx context.Context, cli *clientv3.Client, opts FillOptions) (FillResu
 		t := time.Now()
 		if err := retryTransient(ctx, func() error {
 			_, err := cli.Compact(ctx, res.Revision, clientv3.WithCompactPhysical())
-			if isCompacted(err) {
+			if errors.Is(err, rpctypes.ErrCompacted) {
 				return nil
 			}
 			return err
@@ -221,8 +220,34 @@ func retryTransient(ctx context.Context, do func() error) error {
 // transientPause spaces the retries of a request that failed transiently.
 const transientPause = 100 * time.Millisecond
 
-// isCompacted reports whether err is etcd's "required revision has been
-// compacted".
-func isCompacted(err error) bool {
-	return errors.Is(err, rpctypes.ErrCompacted)
+// inBatches calls do for [0,n) cut into batches of size, with up to
+// workers calls at a time. The first error cancels the rest and is
+// returned.
+func inBatches(ctx context.Context, workers, n, size int, do func(ctx context.Context, lo, hi int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	batches := make(chan [2]int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for b := range batches {
+				if err := do(ctx, b[0], b[1]); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+feed:
+	for lo := 0; lo < n; lo += size {
+		select {
+		case batches <- [2]int{lo, min(lo+size, n)}:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(batches)
+	wg.Wait()
+	// nil if every batch succeeded; else the first error, or the parent's
+	// cause.
+	return context.Cause(ctx)
 }

@@ -1,14 +1,13 @@
-// Package defrag is etcd's own account of a defragmentation, shared by the
-// two test harnesses: internal/etcdtest reads it from embedded members' log
-// entries, test/e2e from member processes' JSON logs. It also holds the
-// batching both harnesses fill clusters with. It imports nothing of etcd.
-package defrag
+// Package etcdlog is etcd's own account of its defragmentations, as its log
+// lines tell it: the messages that start and end one, and the Defrag interval
+// the test harnesses build from them (internal/etcdtest from embedded
+// members' log entries, test/e2e from member processes' JSON logs) to judge
+// the agents from outside. It imports nothing of etcd.
+package etcdlog
 
 import (
-	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -89,36 +88,4 @@ func Overlaps(ds []Defrag) [][2]Defrag {
 		}
 	}
 	return out
-}
-
-// InBatches calls do for [0,n) cut into batches of size, with up to
-// workers calls at a time. The first error cancels the rest and is
-// returned.
-func InBatches(ctx context.Context, workers, n, size int, do func(ctx context.Context, lo, hi int) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	batches := make(chan [2]int)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for b := range batches {
-				if err := do(ctx, b[0], b[1]); err != nil {
-					cancel(err)
-				}
-			}
-		})
-	}
-feed:
-	for lo := 0; lo < n; lo += size {
-		select {
-		case batches <- [2]int{lo, min(lo+size, n)}:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(batches)
-	wg.Wait()
-	// nil if every batch succeeded; else the first error, or the parent's
-	// cause.
-	return context.Cause(ctx)
 }

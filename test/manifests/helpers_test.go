@@ -33,7 +33,7 @@ import (
 
 // root is the repository's root, seen from this package's directory (where
 // go test runs).
-const root = ".."
+const root = "../.."
 
 // sidecarName is the container name of the agent in every manifest.
 const sidecarName = "etcd-defrag-agent"
