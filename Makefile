@@ -10,7 +10,7 @@ IMAGE_TAG      ?= $(VERSION)
 # The image's platform follows the binary's (GOARCH=arm64 make image needs BuildKit; see the README).
 IMAGE_PLATFORM ?= linux/$(shell $(GO) env GOARCH)
 
-.PHONY: all build image test-image demo test test-short check-fmt vet race lint fuzz fuzz-seeds clean
+.PHONY: all build image test-image demo test test-busy test-short check-fmt vet race lint fuzz fuzz-seeds clean
 
 all: build test
 
@@ -49,6 +49,11 @@ vet:
 race:
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(HARNESS) $(GO) test -race -count=1 -timeout 20m ./...
+
+## test-busy: make test TEST_BUSY_RUNS times in a row (default 3) with every core kept busy beside it
+## (stress-ng, installed from Debian if missing); logs in bin/test-busy/
+test-busy:
+	scripts/test-busy.sh
 
 ## test-short: the fast tier alone: decisions against fakes, config, rule (no etcd starts)
 test-short:
