@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/lock"
 )
 
 // The fast tier: the agent's decisions as pure functions of what it read,

@@ -160,19 +160,9 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	if sess == nil {
 		return c.skip(ReasonSessionLost, lock.ErrSessionExpired)
 	}
-	rec := coord.InFlight{
-		Member: fmt.Sprintf("%x", c.st.ID), Endpoint: c.st.Endpoint, Agent: a.cfg.Identity,
-		Start: a.now(), Deadline: a.now().Add(a.cfg.DefragTimeout),
-	}
-	_ = c.announce(ctx, coord.StateDefragmenting)
-	fctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	recRev, err := a.board.MarkInFlight(fctx, m, c.st.ID, rec)
-	cancel()
-	switch {
-	case errors.Is(err, lock.ErrNotOwner):
-		return c.skip(ReasonSessionLost, err)
-	case err != nil:
-		return c.unavailable(ctx, err)
+	rec, recRev, err := c.markInFlight(ctx, m)
+	if err != nil {
+		return err
 	}
 
 	// From here on ctx no longer bounds anything: the defrag runs in etcd
@@ -193,13 +183,7 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	// the lease lives a whole TTL from this renewal, so no other agent can
 	// take the lock before the request is sent unless this process pauses
 	// that long right here (the README's residual risk).
-	rctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	ttl, err := sess.Refresh(rctx)
-	cancel()
-	if err == nil && ttl < a.cfg.LockTTL/2 {
-		err = fmt.Errorf("etcd renewed it for %v only, less than half of --lock-ttl %v", ttl, a.cfg.LockTTL)
-	}
-	if err != nil {
+	if err := c.renew(ctx, sess); err != nil {
 		c.dropInflight(dctx, recRev)
 		return c.skip(ReasonSessionLost, fmt.Errorf("lease cannot be renewed before the defrag: %w", err))
 	}
@@ -211,68 +195,124 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	a.metrics.defragDuration.Observe(took.Seconds())
 	c.rep.DefragSeconds = took.Seconds()
 
-	out := coord.Last{
-		Member: rec.Member, Start: start, End: end, Before: c.st.sizes(), Agent: a.cfg.Identity,
-	}
-	if c.last != nil {
-		out.LastSuccess, out.CopyRates = c.last.LastSuccess, c.last.CopyRates
-	}
-	shrank := false
-	if d.answerErr == nil {
-		if after, err := a.localStatus(dctx); err == nil {
-			c.rep.After = after.sizes()
-			c.rep.Reclaimed = max(c.st.DBSize-after.DBSize, 0)
-			shrank = after.DBSize < c.st.DBSize
-		}
-	}
-	reason, oerr := defragOutcome(d, c.st.Endpoint, shrank, a.cfg.DefragTimeout)
-	if reason == ReasonMemberBusy {
+	out, leave, result := c.outcome(dctx, d, start, end, peerHash != nil)
+	if leave {
 		// The member did not come back in time. Leave the in-flight record:
 		// the next lock holder waits for this member before anything else.
 		a.metrics.defrags.WithLabelValues(resultError).Inc()
-		return c.fail(reason, oerr)
-	}
-	var result error
-	if reason != "" {
-		if reason == ReasonPermission {
-			oerr = fmt.Errorf("%w (the etcd user %q needs the root role)", oerr, a.cfg.User)
-		}
-		result = c.fail(reason, oerr)
-		out.Result, out.Error = resultError, oerr.Error()
-	} else {
-		if d.requestErr != nil {
-			c.log.Warn("defragment request timed out; etcd went on and finished", "err", d.requestErr)
-		}
-		out.Result, out.LastSuccess = resultSuccess, end
-		out.CopyRates = withRate(out.CopyRates, c.st.DBSizeInUse, took)
-		if peerHash != nil {
-			out.Verify = coord.VerifyPending
-		}
+		return result
 	}
 	c.log.Info("defragmented", "result", out.Result, "defrag_seconds", took.Seconds(),
 		"db_size_bytes", c.st.DBSize, "reclaimed_bytes", c.rep.Reclaimed)
 	lastRev := c.record(dctx, m, recRev, out)
-
+	label := out.Result
 	if result == nil && peerHash != nil {
-		if err := c.verify(dctx, peerHash); err != nil {
-			r := ReasonUnavailable // the check could not be made
-			if errors.Is(err, errHashMismatch) {
-				r = ReasonHashMismatch
-			}
-			result = c.fail(r, err)
-			out.Result, out.Verify, out.Error = resultVerifyFailed, coord.VerifyFailed, err.Error()
-		} else {
-			out.Verify = coord.VerifyOK
+		if result = c.verifyRecorded(dctx, peerHash, lastRev, out); result != nil {
+			label = resultVerifyFailed
 		}
-		c.updateRecord(dctx, lastRev, out)
 	}
-	a.metrics.defrags.WithLabelValues(out.Result).Inc()
+	a.metrics.defrags.WithLabelValues(label).Inc()
 	if result == nil {
 		c.rep.Decision = DecisionDefragmented
 		a.metrics.reclaimed.Add(float64(c.rep.Reclaimed))
 		a.metrics.lastSuccess.Set(float64(end.UnixNano()) / 1e9)
 	}
 	return result
+}
+
+// markInFlight announces the defrag and writes the member's in-flight
+// record, fenced by the lock: the record and its revision, or the cycle's
+// error (the lock lost, etcd unavailable).
+func (c *cycle) markInFlight(ctx context.Context, m *lock.Mutex) (coord.InFlight, int64, error) {
+	a := c.a
+	rec := coord.InFlight{
+		Member: fmt.Sprintf("%x", c.st.ID), Endpoint: c.st.Endpoint, Agent: a.cfg.Identity,
+		Start: a.now(), Deadline: a.now().Add(a.cfg.DefragTimeout),
+	}
+	_ = c.announce(ctx, coord.StateDefragmenting)
+	fctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	rev, err := a.board.MarkInFlight(fctx, m, c.st.ID, rec)
+	switch {
+	case errors.Is(err, lock.ErrNotOwner):
+		return rec, 0, c.skip(ReasonSessionLost, err)
+	case err != nil:
+		return rec, 0, c.unavailable(ctx, err)
+	}
+	return rec, rev, nil
+}
+
+// renew renews the session's lease right before the defrag request: an
+// error when etcd does not, or grants less than half of --lock-ttl.
+func (c *cycle) renew(ctx context.Context, sess *lock.Session) error {
+	rctx, cancel := context.WithTimeout(ctx, c.a.cfg.CommandTimeout)
+	defer cancel()
+	ttl, err := sess.Refresh(rctx)
+	if err == nil && ttl < c.a.cfg.LockTTL/2 {
+		err = fmt.Errorf("etcd renewed it for %v only, less than half of --lock-ttl %v", ttl, c.a.cfg.LockTTL)
+	}
+	return err
+}
+
+// outcome is what the defrag d, between start and end, did: the last/
+// record to write and the cycle's error (nil on success). leave is true
+// when the member did not come back in time (member_busy): nothing is
+// recorded then, and the in-flight record stays for the next lock holder.
+func (c *cycle) outcome(ctx context.Context, d defragDone, start, end time.Time, verify bool) (out coord.Last, leave bool, result error) {
+	a := c.a
+	out = coord.Last{
+		Member: fmt.Sprintf("%x", c.st.ID), Start: start, End: end, Before: c.st.sizes(), Agent: a.cfg.Identity,
+	}
+	if c.last != nil {
+		out.LastSuccess, out.CopyRates = c.last.LastSuccess, c.last.CopyRates
+	}
+	shrank := false
+	if d.answerErr == nil {
+		if after, err := a.localStatus(ctx); err == nil {
+			c.rep.After = after.sizes()
+			c.rep.Reclaimed = max(c.st.DBSize-after.DBSize, 0)
+			shrank = after.DBSize < c.st.DBSize
+		}
+	}
+	reason, oerr := defragOutcome(d, c.st.Endpoint, shrank, a.cfg.DefragTimeout)
+	switch reason {
+	case ReasonMemberBusy:
+		return out, true, c.fail(reason, oerr)
+	case "":
+		if d.requestErr != nil {
+			c.log.Warn("defragment request timed out; etcd went on and finished", "err", d.requestErr)
+		}
+		out.Result, out.LastSuccess = resultSuccess, end
+		out.CopyRates = withRate(out.CopyRates, c.st.DBSizeInUse, end.Sub(start))
+		if verify {
+			out.Verify = coord.VerifyPending
+		}
+		return out, false, nil
+	case ReasonPermission:
+		oerr = fmt.Errorf("%w (the etcd user %q needs the root role)", oerr, a.cfg.User)
+	}
+	out.Result, out.Error = resultError, oerr.Error()
+	return out, false, c.fail(reason, oerr)
+}
+
+// verifyRecorded compares the member's hash with the peer's after the turn
+// and updates the last/ record written at lastRev with the verdict. It
+// returns the cycle's error when the hashes differ or the check could not be
+// made.
+func (c *cycle) verifyRecorded(ctx context.Context, peerHash <-chan hashResult, lastRev int64, out coord.Last) error {
+	err := c.verify(ctx, peerHash)
+	if err == nil {
+		out.Verify = coord.VerifyOK
+		c.updateRecord(ctx, lastRev, out)
+		return nil
+	}
+	r := ReasonUnavailable // the check could not be made
+	if errors.Is(err, errHashMismatch) {
+		r = ReasonHashMismatch
+	}
+	out.Result, out.Verify, out.Error = resultVerifyFailed, coord.VerifyFailed, err.Error()
+	c.updateRecord(ctx, lastRev, out)
+	return c.fail(r, err)
 }
 
 // record ends the turn: last/<member>, the removal of the in-flight record,

@@ -241,7 +241,7 @@ func TestNoSpaceOverridesGuards(t *testing.T) {
 		go func() { served <- a.Serve(ctx, Schedule{Every: 200 * time.Millisecond}) }()
 	}
 	waitFor(t, 30*time.Second, "every agent in the NOSPACE queue", func() bool { return queued(t, cli) == int64(len(agents)) })
-	fillUntilNoSpace(t, cli, 4, 64<<10)
+	fillUntilNoSpace(t, cli, 4)
 	waitFor(t, 60*time.Second, "NOSPACE disarmed", func() bool { return !noSpaceRaised(t, cli) })
 	cancel()
 	for range agents {

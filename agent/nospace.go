@@ -58,7 +58,7 @@ func (c *cycle) recoverNoSpace(ctx context.Context) error {
 	}
 	// Another agent may have recovered the cluster since the alarms were
 	// read; with the turn in hand, read them again.
-	alarms, _, err := r.alarms(ctx)
+	alarms, err := r.alarms(ctx)
 	if err != nil {
 		return c.unavailable(ctx, err)
 	}
@@ -149,13 +149,13 @@ func (r *recovery) stillMine(ctx context.Context) error {
 }
 
 // alarms reads the NOSPACE alarms from a fresh status of this member.
-func (r *recovery) alarms(ctx context.Context) (nospace []*pb.AlarmMember, st memberStatus, err error) {
-	st, err = r.c.a.localStatus(ctx)
+func (r *recovery) alarms(ctx context.Context) ([]*pb.AlarmMember, error) {
+	st, err := r.c.a.localStatus(ctx)
 	if err != nil {
-		return nil, st, err
+		return nil, err
 	}
-	nospace, _ = st.alarms()
-	return nospace, st, nil
+	nospace, _ := st.alarms()
+	return nospace, nil
 }
 
 // run is the recovery proper.
@@ -228,7 +228,7 @@ func (r *recovery) disarm(ctx context.Context, alarms []*pb.AlarmMember) error {
 			}
 		}
 		var err error
-		if alarms, _, err = r.alarms(ctx); err != nil {
+		if alarms, err = r.alarms(ctx); err != nil {
 			return c.unavailable(ctx, err)
 		}
 	}

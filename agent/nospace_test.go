@@ -19,12 +19,12 @@ import (
 
 const smallQuota = 16 << 20
 
-// fillUntilNoSpace writes values of size under keys key-0..key-(n-1), again
+// fillUntilNoSpace writes 64 KiB values under keys key-0..key-(n-1), again
 // and again, until etcd refuses with NOSPACE, and returns how many writes
 // it took.
-func fillUntilNoSpace(t testing.TB, cli *clientv3.Client, n, size int) int {
+func fillUntilNoSpace(t testing.TB, cli *clientv3.Client, n int) int {
 	t.Helper()
-	val := strings.Repeat("x", size)
+	val := strings.Repeat("x", 64<<10)
 	for i := 0; ; i++ {
 		_, err := cli.Put(t.Context(), fmt.Sprintf("/data/key-%d", i%n), val)
 		if errors.Is(err, rpctypes.ErrNoSpace) {
@@ -81,7 +81,7 @@ func TestNoSpaceRecoveredByDaemons(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "every agent in the NOSPACE queue", func() bool { return queued(t, cli) == int64(len(agents)) })
 
-	writes := fillUntilNoSpace(t, cli, 4, 64<<10)
+	writes := fillUntilNoSpace(t, cli, 4)
 	raised := time.Now()
 	t.Logf("NOSPACE after %d writes", writes)
 	waitFor(t, 60*time.Second, "NOSPACE disarmed", func() bool { return !noSpaceRaised(t, cli) })
@@ -133,7 +133,7 @@ func TestNoSpaceDisarmOnlyBelowThreshold(t *testing.T) {
 		}
 		agents = append(agents, a)
 	}
-	fillUntilNoSpace(t, cli, 1<<20, 64<<10) // distinct keys: all of it is live
+	fillUntilNoSpace(t, cli, 1<<20) // distinct keys: all of it is live
 	for _, m := range c.Members() {
 		s, err := cli.Status(t.Context(), m.ClientURL)
 		if err != nil {
@@ -186,7 +186,7 @@ func TestNoSpaceDisarmOnlyBelowThreshold(t *testing.T) {
 func TestNoSpaceFallbackToLeader(t *testing.T) {
 	c := newCluster(t, etcdtest.Options{QuotaBackendBytes: smallQuota})
 	cli := c.ClientT(t)
-	fillUntilNoSpace(t, cli, 4, 64<<10)
+	fillUntilNoSpace(t, cli, 4)
 	l := leader(t, c)
 	// The agents read the alarms from their member's Status: every member
 	// must have applied the alarm for each agent to see it at once.

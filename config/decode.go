@@ -50,7 +50,7 @@ func problemsOf(err error) map[string]string {
 	var walk func(error)
 	walk = func(err error) {
 		var te *typeError
-		switch e := err.(type) {
+		switch e := err.(type) { //nolint:errorlint // walks the wrap tree itself
 		case nil:
 		case *mapstructure.DecodeError:
 			if errors.As(e, &te) {

@@ -51,7 +51,7 @@ func TestAnnouncements(t *testing.T) {
 	c, cli := newCluster(t)
 	keys := coord.NewKeys("/announce")
 	ms := c.Members()
-	s0, s1 := newSession(t, cli, sessionTTL), newSession(t, cli, sessionTTL)
+	s0, s1 := newSession(t, cli), newSession(t, cli)
 	a0 := coord.Announcement{State: coord.StatePending, Leader: true, Reason: "rule", Agent: "host-a/1", Version: "v1", Time: when}
 	a1 := coord.Announcement{State: coord.StateIdle, Agent: "host-b/2", Time: when.Add(time.Minute)}
 	rev0 := announceT(t, s0, keys, ms[0].ID, a0)
@@ -90,7 +90,7 @@ func TestAnnouncementsSkipOthers(t *testing.T) {
 	t.Parallel()
 	_, cli := newCluster(t)
 	keys := coord.NewKeys("/skip/")
-	s := newSession(t, cli, sessionTTL)
+	s := newSession(t, cli)
 	const member = 0xabc
 	rev := announceT(t, s, keys, member, coord.Announcement{State: coord.StateIdle, Time: when})
 	others := []struct{ name, key, value string }{
@@ -116,8 +116,8 @@ func TestWatchAnnouncements(t *testing.T) {
 	t.Parallel()
 	_, cli := newCluster(t)
 	keys := coord.NewKeys("/watch/")
-	s := newSession(t, cli, sessionTTL)
-	other := newSession(t, cli, sessionTTL)
+	s := newSession(t, cli)
+	other := newSession(t, cli)
 	const member, otherMember = 0x1, 0x2
 
 	// Written at or before rev: not delivered.

@@ -30,13 +30,13 @@ func newCluster(t *testing.T) (*etcdtest.Cluster, *clientv3.Client) {
 	return c, c.ClientT(t)
 }
 
-// newSession returns a session of cli with the given TTL, closed by
-// t.Cleanup on a fresh context (t.Context() is already cancelled then).
-func newSession(t *testing.T, cli *clientv3.Client, ttl time.Duration) *lock.Session {
+// newSession returns a session of cli with sessionTTL, closed by t.Cleanup
+// on a fresh context (t.Context() is already cancelled then).
+func newSession(t *testing.T, cli *clientv3.Client) *lock.Session {
 	t.Helper()
-	s, err := lock.NewSession(t.Context(), cli, ttl)
+	s, err := lock.NewSession(t.Context(), cli, sessionTTL)
 	if err != nil {
-		t.Fatalf("NewSession(%v): %v", ttl, err)
+		t.Fatalf("NewSession: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), lock.CleanupTimeout)

@@ -39,28 +39,11 @@ type demoAgent struct {
 
 // agentConfig is the production default configuration (config.Default), with
 // the given rule.
-func agentConfig(r *rule.Rule, name string) (agent.Config, agent.Schedule, error) {
+func agentConfig(r *rule.Rule, name string) (agent.Config, agent.Schedule) {
 	def := config.Default()
-	return agent.Config{
-		Rule:                r,
-		QuotaBytes:          def.QuotaBytes,
-		Cooldown:            def.Cooldown,
-		CommandTimeout:      def.CommandTimeout,
-		DefragTimeout:       def.DefragTimeout,
-		LockTimeout:         def.LockTimeout,
-		LeaderWaitTimeout:   def.LeaderWaitTimeout,
-		LockPrefix:          def.LockPrefix,
-		LockTTL:             def.LockTTL,
-		Compaction:          def.Compaction,
-		CompactionRetention: def.CompactionRetention,
-		MoveLeader:          def.MoveLeader,
-		AutoDisalarm:        def.AutoDisalarm,
-		DisalarmThreshold:   def.DisalarmThreshold,
-		AllowQuorumLoss:     def.AllowQuorumLoss,
-		VerifyHashKV:        def.VerifyHashKV,
-		Identity:            "demo/" + name,
-		Version:             "demo",
-	}, def.Schedule, nil
+	cfg := def.Config
+	cfg.Rule, cfg.Identity, cfg.Version = r, "demo/"+name, "demo"
+	return cfg, def.Schedule
 }
 
 // newAgents makes one agent per member, each logging to its own handler.
@@ -68,10 +51,7 @@ func (d *demo) newAgents(r *rule.Rule, n *narrator) ([]demoAgent, agent.Schedule
 	var out []demoAgent
 	var sched agent.Schedule
 	for _, m := range d.c.Members() {
-		cfg, s, err := agentConfig(r, m.Name)
-		if err != nil {
-			return out, sched, err
-		}
+		cfg, s := agentConfig(r, m.Name)
 		sched = s
 		h := &agentHandler{name: m.Name, n: n}
 		if d.opts.verbose {

@@ -14,11 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // Users and passwords created with Options.Auth.

@@ -687,7 +687,7 @@ func (m *Member) mountDisk(t testing.TB, size int64) error {
 		return err
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "tmpfs", m.Dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("mount a tmpfs of %d bytes on %s: %v: %s", size, m.Dir, err, out)
+		return fmt.Errorf("mount a tmpfs of %d bytes on %s: %w: %s", size, m.Dir, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", m.Dir).CombinedOutput(); err != nil {
@@ -701,7 +701,7 @@ func (m *Member) mountDisk(t testing.TB, size int64) error {
 // directory (ClusterOptions.SmallDisks): room made, or taken away.
 func (m *Member) ResizeDisk(size int64) error {
 	if out, err := exec.Command("mount", "-o", fmt.Sprintf("remount,size=%d", size), m.Dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("resize the tmpfs on %s to %d bytes: %v: %s", m.Dir, size, err, out)
+		return fmt.Errorf("resize the tmpfs on %s to %d bytes: %w: %s", m.Dir, size, err, out)
 	}
 	return nil
 }

@@ -25,8 +25,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // f10Timeout bounds one invocation of the agent in TestF10BadInputs: a bad

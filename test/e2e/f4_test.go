@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // f4Refusals is how many blocked cycles every agent must have ended during

@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // f6Hold is how long the scenario makes a defrag last, by etcd's own log

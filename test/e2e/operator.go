@@ -22,9 +22,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 )
 
 // holdLockTTL is the lease TTL (seconds) of the harness's hold on the

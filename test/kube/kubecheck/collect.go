@@ -67,7 +67,7 @@ func copyNew(f, out string, offsets map[string]int64) error {
 	if err != nil {
 		return nil // removed meanwhile
 	}
-	defer src.Close()
+	defer func() { _ = src.Close() }()
 	st, err := src.Stat()
 	if err != nil || st.Size() <= offsets[f] {
 		return nil
@@ -83,7 +83,7 @@ func copyNew(f, out string, offsets map[string]int64) error {
 	if err != nil {
 		return err
 	}
-	defer dst.Close()
+	defer func() { _ = dst.Close() }() // a failed write is reported by Write
 	// Only whole lines: a line still being written is copied next time.
 	b, err := io.ReadAll(io.LimitReader(src, st.Size()-offsets[f]))
 	if err != nil {

@@ -112,7 +112,7 @@ func readCRILog(path string) ([]logEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var out []logEntry
 	r := bufio.NewReaderSize(f, 1<<20)
 	for {

@@ -160,7 +160,7 @@ func cmdContainer(args []string) error {
 // cmdLeader prints the client URL of the member that leads, from
 // `etcdctl endpoint status --cluster -w json` on stdin; it fails unless
 // every member names the same leader.
-func cmdLeader(args []string) error {
+func cmdLeader(_ []string) error {
 	var st []struct {
 		Endpoint string `json:"Endpoint"`
 		Status   struct {
@@ -194,7 +194,7 @@ func cmdLeader(args []string) error {
 // cmdFragmented succeeds when every member in `etcdctl endpoint status -w
 // json` (stdin) reports a file more than half free with over 100 MiB free:
 // the default rule's second clause, as the agents will see it.
-func cmdFragmented(args []string) error {
+func cmdFragmented(_ []string) error {
 	var st []struct {
 		Endpoint string `json:"Endpoint"`
 		Status   struct {

@@ -33,7 +33,7 @@ func promQuery(base, q string, start, end time.Time, step time.Duration) (int, e
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return 0, err
