@@ -333,6 +333,9 @@ func TestLoadInvalid(t *testing.T) {
 		{name: "flag negative timeout", args: []string{"--dial-timeout=-1s"}, want: []string{
 			`flag --dial-timeout: must be positive, got -1s`,
 		}},
+		{name: "flag command timeout too short", args: []string{"--command-timeout=300ms"}, want: []string{
+			`flag --command-timeout: 300ms is too short: at least 1s, so that a request can go to another member while one defragments (each attempt waits at least 500ms)`,
+		}},
 		{name: "flag unix endpoint without path", args: []string{"--endpoints=unix://"}, want: []string{
 			`flag --endpoints: invalid endpoint "unix://": no socket path`,
 		}},

@@ -15,7 +15,13 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/diskstat"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 )
+
+// minCommandTimeout is the shortest request bound: a request of the cluster
+// client must fit two attempts, so that it can go to a second member when
+// the first one defragments (or is down) and gives no answer.
+const minCommandTimeout = 2 * steer.MinAttempt
 
 // minLockTTL is the shortest session lease: etcd's own minimum lease TTL is
 // a few seconds, and a shorter one expires on a hiccup.
@@ -88,6 +94,10 @@ func (c Config) Validate() error {
 		if d.d <= 0 {
 			bad(d.key, "must be positive, got %v", d.d)
 		}
+	}
+	if c.CommandTimeout > 0 && c.CommandTimeout < minCommandTimeout {
+		bad("command-timeout", "%v is too short: at least %v, so that a request can go to another member while one defragments (each attempt waits at least %v)",
+			c.CommandTimeout, minCommandTimeout, steer.MinAttempt)
 	}
 	switch {
 	case c.MaxDefragDuration < 0:

@@ -54,8 +54,9 @@ type config struct {
 
 	p2Members, p2DataMiB int
 	p2Rate               float64
-	// p2ShortTimeout is the agents' --command-timeout in phase (e): a fifth
-	// of a defrag at p2DataMiB or less.
+	// p2ShortTimeout is the agents' --command-timeout in phase (e): the
+	// shortest the agent takes (at p2DataMiB a defrag lasts one to two
+	// times as long here; P1's short-timeout case has the longer ones).
 	p2ShortTimeout time.Duration
 	// p2Phase is the length of phase (a); p2Margin the load before and
 	// after the defrags of the other phases.
@@ -80,11 +81,12 @@ func fullConfig() config {
 			{members: 3, dataMiB: 100, reps: 3}, {members: 3, dataMiB: 300, reps: 3}, {members: 3, dataMiB: 1000, reps: 2},
 			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 1},
 			{members: 7, dataMiB: 300, reps: 2},
-			// About 1.7 s per defrag: more than five times the timeout.
-			{members: 3, dataMiB: 1000, reps: 2, label: shortTimeouts, args: []string{"--command-timeout=300ms", "--lock-ttl=5s"}},
+			// About 8 s per defrag here: eight times the shortest request
+			// timeout the agent takes, and longer than the lease.
+			{members: 3, dataMiB: 2000, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=1s", "--lock-ttl=5s"}},
 		},
 		p2Members: 3, p2DataMiB: 300, p2Rate: 500, p2Phase: 60 * time.Second, p2Margin: 5 * time.Second,
-		p2ShortTimeout: 150 * time.Millisecond, // about 0.75 s per defrag
+		p2ShortTimeout: time.Second, // the shortest the agent takes
 		p3Duration:     10 * time.Minute, p3Quota: 64 << 20, p3Cron: 5 * time.Minute,
 		p3Workloads: []p3Workload{{"moderate churn, 2.8 operations/s", 2.8}, {"heavy churn, 3.5 operations/s", 3.5}},
 		p4Idle:      5 * time.Minute, p4Schedule: "@every 1m", p4Scrapes: 1000,
@@ -97,9 +99,9 @@ func quickConfig() config {
 		quick: true,
 		p1: []roundCase{
 			{members: 3, dataMiB: 20, reps: 2}, {members: 5, dataMiB: 20, reps: 1},
-			{members: 3, dataMiB: 20, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=100ms", "--lock-ttl=5s"}},
+			{members: 3, dataMiB: 20, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=1s", "--lock-ttl=5s"}},
 		},
-		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second, p2ShortTimeout: 100 * time.Millisecond,
+		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second, p2ShortTimeout: time.Second,
 		// A small quota, so that in 75 s NOSPACE, the fixed schedule and
 		// the agents' defrags all happen.
 		p3Duration: 75 * time.Second, p3Quota: 16 << 20, p3Cron: 30 * time.Second,

@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/etcddata"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
@@ -59,10 +61,10 @@ type roundCase struct {
 	args                   []string
 }
 
-// shortTimeouts is P1's and P2's variant for the large-database issue: an
-// agent's --command-timeout so short that each defrag lasts five times as
-// long or more (defrags that outlast every timeout, without hours of fill),
-// and the lease TTL at its least.
+// shortTimeouts is P1's and P2's variant for the large-database issue: the
+// shortest --command-timeout (1s) and lease TTL (5s) the agent takes, so that
+// each defrag outlasts every timeout without hours of fill (P1: five times
+// the request timeout or more, and longer than the lease).
 const shortTimeouts = "short timeouts"
 
 func runRoundCase(t *testing.T, pc roundCase) RoundCase {
@@ -227,13 +229,29 @@ func lastRecords(t *testing.T, c *e2e.Cluster) []*mvccpb.KeyValue {
 	return resp.Kvs
 }
 
-// putRecords writes last/ records back (into a restored copy of the data).
+// putRecords writes last/ records back (into a restored copy of the data),
+// dated a day earlier: the defrags of a cluster defragmented before, whose
+// copy rates the forecast uses and whose cooldown has passed (records put
+// back as they were would keep every agent in its cooldown).
 func putRecords(t *testing.T, c *e2e.Cluster, kvs []*mvccpb.KeyValue) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	for _, kv := range kvs {
-		if _, err := c.Client().Put(ctx, string(kv.Key), string(kv.Value)); err != nil {
+		var l coord.Last
+		if err := json.Unmarshal(kv.Value, &l); err != nil {
+			t.Fatalf("last/ record %s: %v", kv.Key, err)
+		}
+		const day = 24 * time.Hour
+		l.Start, l.End = l.Start.Add(-day), l.End.Add(-day)
+		if !l.LastSuccess.IsZero() {
+			l.LastSuccess = l.LastSuccess.Add(-day)
+		}
+		v, err := json.Marshal(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Client().Put(ctx, string(kv.Key), string(v)); err != nil {
 			t.Fatal(err)
 		}
 	}

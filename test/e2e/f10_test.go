@@ -128,6 +128,7 @@ func TestF10BadInputs(t *testing.T) {
 			{name: "data dir a file", args: []string{"--data-dir=" + secret}, want: "--data-dir"},
 			{name: "disk headroom absurd", args: []string{"--disk-headroom=50"}, want: "--disk-headroom"},
 			{name: "disk headroom negative", args: []string{"--disk-headroom=-0.1"}, want: "--disk-headroom"},
+			{name: "command timeout too short to steer", args: []string{"--command-timeout=300ms"}, want: "--command-timeout"},
 			{name: "max defrag duration negative", args: []string{"--max-defrag-duration=-1s"}, want: "--max-defrag-duration"},
 			{name: "max defrag duration beyond the defrag timeout", args: []string{"--max-defrag-duration=2h"}, want: "--max-defrag-duration"},
 			{name: "endpoint without port", args: []string{"--endpoints=localhost"}, drop: ep, want: "--endpoints"},
