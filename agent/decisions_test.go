@@ -63,7 +63,30 @@ func TestFollowerState(t *testing.T) {
 		t.Errorf("no agent, not defragmented: %d, want %d", got, followerNoAgent)
 	}
 	if got := classifyFollower(nil, 10, true); got != followerResolved {
-		t.Errorf("no agent, defragmented since the cycle began: %d, want %d", got, followerResolved)
+		t.Errorf("no agent, settled by its last attempt: %d, want %d", got, followerResolved)
+	}
+}
+
+func TestFollowerSettled(t *testing.T) {
+	start := time.Date(2026, 12, 5, 20, 0, 0, 0, time.UTC)
+	now := start.Add(3 * time.Second)
+	tests := []struct {
+		name     string
+		end      time.Time
+		cooldown time.Duration
+		want     bool
+	}{
+		{"ended after the leader's cycle began", start.Add(time.Second), 0, true},
+		{"ended before it, within the cooldown", start.Add(-10 * time.Second), time.Minute, true},
+		{"ended before it, cooldown passed", start.Add(-2 * time.Minute), time.Minute, false},
+		{"ended before it, no cooldown", start.Add(-time.Second), 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := followerSettled(coord.Last{End: tt.end}, start, now, tt.cooldown); got != tt.want {
+				t.Errorf("followerSettled = %v, want %v", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -371,15 +371,15 @@ func (c *cycle) followers(ctx context.Context) (waiting, absent []string, rev in
 	}
 	for _, m := range without(voters(c.members), c.st.ID) {
 		mine := slices.DeleteFunc(slices.Clone(anns), func(x coord.Announcement) bool { return x.Member != m.ID })
-		var defragmented bool
+		var settled bool
 		if len(mine) == 0 {
 			rec, found, err := a.board.Last(ctx, m.ID)
 			if err != nil {
 				return nil, nil, 0, err
 			}
-			defragmented = found && !rec.Value.End.Before(c.rep.Start)
+			settled = found && followerSettled(rec.Value, c.rep.Start, a.now(), a.cfg.Cooldown)
 		}
-		switch classifyFollower(mine, c.turn.askedRev, defragmented) {
+		switch classifyFollower(mine, c.turn.askedRev, settled) {
 		case followerWaiting:
 			waiting = append(waiting, memberName(m))
 		case followerNoAgent:
@@ -391,13 +391,23 @@ func (c *cycle) followers(ctx context.Context) (waiting, absent []string, rev in
 	return waiting, absent, rev, nil
 }
 
+// followerSettled reports whether a follower whose last defrag attempt is
+// last needs no turn before the leader's: the attempt ended after the
+// leader's cycle began, or so recently that its agent, in its cooldown,
+// would not ask for one (an agent that defragmented its member and exited
+// before the leader's agent started: make bench saw the leader wait one
+// --lock-ttl for it).
+func followerSettled(last coord.Last, cycleStart, now time.Time, cooldown time.Duration) bool {
+	return !last.End.Before(cycleStart) || inCooldown(&last, now, cooldown)
+}
+
 // classifyFollower classifies one follower member from its agents'
 // announcements (mine), the revision of the leader's request, and — when no
-// agent announces itself — whether it was defragmented since the cycle
-// began.
-func classifyFollower(mine []coord.Announcement, askedRev int64, defragmented bool) followerState {
+// agent announces itself — whether its last defrag attempt settles it
+// (followerSettled).
+func classifyFollower(mine []coord.Announcement, askedRev int64, settled bool) followerState {
 	if len(mine) == 0 {
-		if defragmented {
+		if settled {
 			return followerResolved
 		}
 		return followerNoAgent

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -114,6 +115,44 @@ func TestLeaderWaitsForPendingFollower(t *testing.T) {
 	ds := c.Defrags()
 	checkOneAtATime(t, ds)
 	checkLeaderLast(t, ds, l.ID)
+}
+
+// TestLeaderAfterFollowersDone: both followers' agents defragmented their
+// members and exited before the leader's agent started. The leader's agent
+// finds no agent beside them, but their last/ records within the cooldown:
+// it goes at once instead of waiting one --lock-ttl for them (a lease TTL
+// of an hour here, so waiting would end only at --leader-wait-timeout,
+// 20 s, and log that it went on without them).
+func TestLeaderAfterFollowersDone(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	l, fs := leader(t, c), followers(t, c)
+	for _, f := range fs {
+		fa := newTestAgent(t, c, f, "true")
+		if err := fa.RunOnce(t.Context()); err != nil {
+			t.Fatalf("agent of %s: %v", f.Name, err)
+		}
+		// As with --once: the process exits, its session and
+		// announcement end with it.
+		if err := fa.Close(t.Context()); err != nil {
+			t.Fatalf("close the agent of %s: %v", f.Name, err)
+		}
+	}
+	var logs syncBuffer
+	la := newTestAgent(t, c, l, "true",
+		withConfig(func(c *Config) { c.Cooldown, c.LockTTL, c.LeaderWaitTimeout = time.Minute, time.Hour, 20*time.Second }),
+		func(s *agentSetup) { s.deps.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+	if err := la.RunOnce(t.Context()); err != nil {
+		t.Fatalf("leader's RunOnce: %v\n%s", err, logs.String())
+	}
+	if out := logs.String(); strings.Contains(out, "leader waits for followers") || strings.Contains(out, "leader goes on") {
+		t.Errorf("the leader's agent waited for followers that were done:\n%s", out)
+	}
+	ds := c.Defrags()
+	checkOneAtATime(t, ds)
+	checkLeaderLast(t, ds, l.ID)
+	if len(ds) != 3 {
+		t.Errorf("%d defrags, want 3: %v", len(ds), ds)
+	}
 }
 
 // TestDefragOutlivesClientTimeout: the Defragment request is cut short on the

@@ -68,7 +68,13 @@ type roundCase struct {
 const shortTimeouts = "short timeouts"
 
 func runRoundCase(t *testing.T, pc roundCase) RoundCase {
-	c := newCluster(t, pc.members, 0)
+	// The file grows to about 1.3 × the data written: beyond 1.5 GiB
+	// written, etcd's default 2 GiB quota would end the fill.
+	var quota int64
+	if pc.dataMiB > 1500 {
+		quota = 8 << 30
+	}
+	c := newCluster(t, pc.members, quota)
 	ctx := within(t, 20*time.Minute)
 	keys := pc.dataMiB * (1 << 20) / p1ValueSize
 	res, err := c.Fill(ctx, etcddata.FillOptions{Keys: keys, ValueSize: p1ValueSize, Garbage: 0.5})
