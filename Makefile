@@ -89,7 +89,7 @@ stress:
 .PHONY: e2e stress
 
 ## bench: the benchmarks (test/bench) against real etcd processes: builds the agent and etcd (3.6 unless
-## E2E_ETCD_VERSIONS says otherwise), runs them (about 25 minutes) and writes docs/BENCHMARKS.md and
+## E2E_ETCD_VERSIONS says otherwise), runs them (about 35 minutes) and writes docs/BENCHMARKS.md and
 ## docs/bench/ (plots, results.json). Numbers need a quiet machine: BENCH_QUIET_LOAD=0.8 makes the run
 ## wait (up to BENCH_QUIET_TIMEOUT, default 2h) until the 1-minute load average stays below 0.8 for a minute.
 ## bench-quick runs every benchmark briefly into bin/bench-quick/ (its numbers mean nothing);
