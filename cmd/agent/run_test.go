@@ -267,7 +267,7 @@ func get(t *testing.T, url string) (string, int) {
 // a bad invocation (exit 2, naming --endpoints); the daemon keeps trying.
 func TestOnceUnreachable(t *testing.T) {
 	addr := freeAddr(t) // nothing listens there
-	code, _, stderr := runArgs(t, nil, "--once", "--endpoints", addr, "--dial-timeout", "200ms", "--command-timeout", "300ms", "--web.listen-address", "")
+	code, _, stderr := runArgs(t, nil, "--once", "--endpoints", addr, "--dial-timeout", "200ms", "--command-timeout", "1s", "--web.listen-address", "")
 	if code != 2 || !strings.Contains(stderr, "--endpoints "+addr) {
 		t.Errorf("exit code %d, want 2 naming --endpoints; stderr:\n%s", code, stderr)
 	}
