@@ -67,6 +67,32 @@ func TestFollowerState(t *testing.T) {
 	}
 }
 
+// TestNextTurnStarted: when a member's own hash after its defrag can run
+// without stalling another agent's checks (member 0xa hashes).
+func TestNextTurnStarted(t *testing.T) {
+	ann := func(member uint64, s coord.State) coord.Announcement {
+		return coord.Announcement{Member: member, State: s}
+	}
+	tests := []struct {
+		name string
+		anns []coord.Announcement
+		want bool
+	}{
+		{"no other agent", []coord.Announcement{ann(0xa, coord.StateVerifying)}, true},
+		{"the others idle or verifying", []coord.Announcement{ann(0xb, coord.StateIdle), ann(0xc, coord.StateVerifying)}, true},
+		{"the leader's agent waits", []coord.Announcement{ann(0xb, coord.StatePending)}, false},
+		{"the next agent checks under the lock", []coord.Announcement{ann(0xb, coord.StateLocked), ann(0xc, coord.StatePending)}, false},
+		{"the next member defragments", []coord.Announcement{ann(0xb, coord.StateDefragmenting), ann(0xc, coord.StatePending)}, true},
+		{"another agent of this member pending", []coord.Announcement{ann(0xa, coord.StatePending), ann(0xb, coord.StateIdle)}, true},
+		{"another agent of this member defragmenting, the next checks", []coord.Announcement{ann(0xa, coord.StateDefragmenting), ann(0xb, coord.StateLocked)}, false},
+	}
+	for _, tt := range tests {
+		if got := nextTurnStarted(tt.anns, 0xa); got != tt.want {
+			t.Errorf("%s: nextTurnStarted = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestFollowerSettled(t *testing.T) {
 	start := time.Date(2026, 12, 5, 20, 0, 0, 0, time.UTC)
 	now := start.Add(3 * time.Second)

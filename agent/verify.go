@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
 )
 
 // The check after a defrag: the member's HashKV against a peer's at a
 // revision both have applied. The peer is hashed while the member
-// defragments; the member itself once its turn is over.
+// defragments; the member itself once its turn is over and the next turn
+// has started (yieldToNextTurn).
 
 // hashResult is a HashKV answer.
 type hashResult struct {
@@ -64,6 +68,7 @@ func (c *cycle) hashPeer(ctx context.Context, rev int64) <-chan hashResult {
 // it hashes both again at a revision both have applied now.
 func (c *cycle) verify(ctx context.Context, peerHash <-chan hashResult) error {
 	ph := <-peerHash
+	c.yieldToNextTurn(ctx)
 	if ph.err == nil {
 		self, err := c.a.local.HashKV(ctx, c.st.Endpoint, c.st.Revision)
 		if err == nil && self.CompactRevision == ph.resp.CompactRevision {
@@ -87,6 +92,58 @@ func (c *cycle) verify(ctx context.Context, peerHash <-chan hashResult) error {
 		}
 	}
 	return err
+}
+
+// verifyYieldMax bounds how long the member's own hash waits for the next
+// turn to start.
+const verifyYieldMax = 5 * time.Second
+
+// yieldToNextTurn waits, up to verifyYieldMax, until the member's own hash
+// stalls no other agent's turn. HashKV holds the member's backend read
+// transaction for the whole scan of its key space, and the member commits
+// nothing to its backend meanwhile (etcd's batch transaction waits for
+// that lock): every request that reads or writes through the member waits
+// for the hash — at 1 GiB in use, a few hundred milliseconds. The next
+// agent's checks under the lock read through every member (its health gate
+// reads this one), so the hash waits until the next member's defrag has
+// started, when nothing is checked any more, or until no other agent is in
+// a turn at all.
+func (c *cycle) yieldToNextTurn(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, verifyYieldMax)
+	defer cancel()
+	for {
+		anns, rev, err := c.a.board.Announcements(ctx)
+		if err != nil || nextTurnStarted(anns, c.st.ID) {
+			return
+		}
+		if err := c.a.board.WaitChange(ctx, rev); err != nil && ctx.Err() == nil {
+			c.log.Debug("watch while waiting for the next turn failed", "err", err)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// nextTurnStarted reports, from the agents' announcements, whether the hash
+// of member self can run without stalling another agent's turn: another
+// member defragments (its agent's checks are over), or no agent of another
+// member waits for a turn or holds the lock.
+func nextTurnStarted(anns []coord.Announcement, self uint64) bool {
+	waiting := false
+	for _, a := range anns {
+		if a.Member == self {
+			continue
+		}
+		switch a.State {
+		case coord.StateDefragmenting:
+			return true
+		case coord.StatePending, coord.StateLocked:
+			waiting = true
+		}
+	}
+	return !waiting
 }
 
 // compare checks two hashes taken at rev with the same compact revision.

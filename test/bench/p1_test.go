@@ -67,6 +67,9 @@ type roundCase struct {
 // the request timeout or more, and longer than the lease).
 const shortTimeouts = "short timeouts"
 
+// noHashKV is P1's variant without the check after each defrag.
+const noHashKV = "no HashKV check"
+
 func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	// The file grows to about 1.3 × the data written: beyond 1.5 GiB
 	// written, etcd's default 2 GiB quota would end the fill.
