@@ -156,13 +156,24 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) (replaced bo
 		return false, fmt.Errorf("session: %w", err)
 	}
 	replaced = a.presence.start(sess)
+	// The first announcement says "starting", unless a cycle that needed no
+	// session (nothing to do) has ended already: then it says what that
+	// cycle decided, or the agent would look undecided until its next one.
+	first := coord.Announcement{State: coord.StateStarting, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now()}
+	a.mu.Lock()
+	last := a.last
+	a.mu.Unlock()
+	if !last.End.IsZero() {
+		first.State, first.Reason = coord.StateIdle, string(last.Reason)
+	}
 	actx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
-	_, err = a.board.Announce(actx, sess, st.ID, coord.Announcement{
-		State: coord.StateStarting, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now(),
-	})
+	rev, err := a.board.Announce(actx, sess, st.ID, first)
 	cancel()
 	if err != nil {
 		return replaced, err
+	}
+	if first.State == coord.StateIdle {
+		a.presence.announcedIdle(sess, idle{leader: st.isLeader(), reason: last.Reason, revision: rev})
 	}
 	a.log.Info("session started", "lease", fmt.Sprintf("%x", int64(sess.Lease())), "ttl_seconds", a.cfg.LockTTL.Seconds())
 	a.joinNoSpaceQueue(ctx, st)
