@@ -54,6 +54,7 @@ type Agent struct {
 	cluster  *steer.Client
 	board    *coord.Board
 	presence presence
+	trend    *trend // the member's sizes and Raft index across reads
 
 	cycle sync.Mutex // held for a whole cycle
 
@@ -119,6 +120,11 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		reg = prometheus.NewRegistry()
 	}
 	a.metrics = newMetrics(reg, cfg.Version, cfg.DataDir != "")
+	window := cfg.GrowthWindow
+	if window <= 0 {
+		window = DefaultGrowthWindow
+	}
+	a.trend = newTrend(window)
 	return a, nil
 }
 

@@ -56,6 +56,12 @@ type Config struct {
 	// on its filesystem of the in-use size times 1+DiskHeadroom.
 	DataDir      string  `koanf:"data-dir"`
 	DiskHeadroom float64 `koanf:"disk-headroom"`
+	// GrowthWindow is the span the growth rates are measured over (0:
+	// DefaultGrowthWindow).
+	GrowthWindow time.Duration `koanf:"growth-window"`
+	// Timezone is the zone of the rule's hour, minute and weekday, and of
+	// a cron schedule (the zero value is UTC).
+	Timezone Timezone `koanf:"timezone"`
 	// Once marks a single-cycle run: on Close the session is left to expire
 	// instead of revoked, so a leader's agent started at the same moment still
 	// sees this agent's decision.
@@ -68,6 +74,27 @@ type Config struct {
 	// Version is the agent's version.
 	Version string `koanf:"-"`
 }
+
+// DefaultGrowthWindow is the growth rates' window when none is configured:
+// long enough to smooth the steps in which bbolt grows its file, short
+// enough to follow a change of load within the hour.
+const DefaultGrowthWindow = time.Hour
+
+// Timezone is a time zone by its IANA name ("UTC", "Europe/Berlin").
+type Timezone struct {
+	Location *time.Location
+}
+
+// Loc returns the zone; UTC for the zero value.
+func (z Timezone) Loc() *time.Location {
+	if z.Location == nil {
+		return time.UTC
+	}
+	return z.Location
+}
+
+// String returns the zone's name.
+func (z Timezone) String() string { return z.Loc().String() }
 
 // Schedule says when cycles run: every Every (the first cycle at once), or
 // at the times of a cron expression. Exactly one is set.

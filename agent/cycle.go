@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // cycle is the state of one run of RunOnce.
@@ -87,6 +89,7 @@ func (c *cycle) run(ctx context.Context) error {
 	if err := a.refreshCluster(st.ID, c.members); err != nil {
 		return c.unavailable(ctx, err)
 	}
+	c.keepTrend(ctx)
 	if len(nospace) > 0 {
 		return c.recoverNoSpace(ctx)
 	}
@@ -172,6 +175,16 @@ func (c *cycle) observe(st memberStatus) {
 	m.dbSize.Set(float64(st.DBSize))
 	m.dbSizeInUse.Set(float64(st.DBSizeInUse))
 	m.dbQuota.Set(float64(st.Quota))
+	a := c.a
+	a.trend.add(coord.TrendSample{Time: a.now(), DBSize: st.DBSize, DBSizeInUse: st.DBSizeInUse, RaftIndex: st.RaftIndex})
+	r := a.trend.rates()
+	m.dbSizeGrowth.Set(r.DBSize)
+	m.dbSizeInUseGrowth.Set(r.DBSizeInUse)
+	m.secondsToQuota.Set(rule.SecondsToQuota(st.DBSize, st.Quota, r.DBSize))
+	m.writesPerSecond.Set(math.NaN())
+	if r.WritesPerSecond >= 0 {
+		m.writesPerSecond.Set(r.WritesPerSecond)
+	}
 }
 
 // announce tells the other agents what this one does now: pending, locked,
@@ -186,8 +199,10 @@ func (c *cycle) announce(ctx context.Context, s coord.State) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
 	sent := a.now()
+	n := c.st.need()
 	rev, err := a.board.Announce(ctx, sess, c.st.ID, coord.Announcement{
 		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
+		DBQuotaUsage: n.usage, DBSizeFree: n.free,
 		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: sent,
 	})
 	if err != nil {

@@ -89,11 +89,15 @@ func (c *cycle) evaluate() (bool, error) {
 	if c.last != nil && !c.last.LastSuccess.IsZero() {
 		since = a.now().Sub(c.last.LastSuccess)
 	}
+	tr := a.trend.rates()
 	vars := rule.NewVars(rule.Readings{
 		DBSize: st.DBSize, DBSizeInUse: st.DBSizeInUse, DBQuota: st.Quota, IsLeader: st.isLeader(),
 		Members: len(voters(c.members)), SinceLastDefrag: since,
 		ExpectedDefrag: c.expected, DiskFree: c.diskFree,
+		DBSizeGrowth: tr.DBSize, DBSizeInUseGrowth: tr.DBSizeInUse, WritesPerSecond: tr.WritesPerSecond,
+		Now: a.now().In(a.cfg.Timezone.Loc()),
 	})
+	c.rep.Trend = trendReport(vars, tr)
 	fire, err := a.cfg.Rule.Eval(vars)
 	switch {
 	case err != nil:

@@ -93,6 +93,40 @@ func TestNextTurnStarted(t *testing.T) {
 	}
 }
 
+// TestNeedier: which followers in a turn go before member 0xa, whose file is
+// at 60 % of its quota with 100 bytes to reclaim.
+func TestNeedier(t *testing.T) {
+	mine := need{usage: 0.6, free: 100, id: 0xa}
+	ann := func(member uint64, s coord.State, usage float64, free int64) coord.Announcement {
+		return coord.Announcement{Member: member, State: s, DBQuotaUsage: usage, DBSizeFree: free}
+	}
+	leaderAnn := ann(0xf, coord.StatePending, 0.99, 1000)
+	leaderAnn.Leader = true
+	tests := []struct {
+		name string
+		anns []coord.Announcement
+		want []string
+	}{
+		{"none", nil, nil},
+		{"nearer its quota", []coord.Announcement{ann(0xb, coord.StatePending, 0.7, 50)}, []string{"b"}},
+		{"farther from its quota, more to reclaim", []coord.Announcement{ann(0xb, coord.StatePending, 0.5, 500)}, nil},
+		{"as near, more to reclaim", []coord.Announcement{ann(0xb, coord.StatePending, 0.6, 101)}, []string{"b"}},
+		{"as near, as much, lower ID", []coord.Announcement{ann(0x9, coord.StatePending, 0.6, 100)}, []string{"9"}},
+		{"as near, as much, higher ID", []coord.Announcement{ann(0xb, coord.StatePending, 0.6, 100)}, nil},
+		{"needier but idle", []coord.Announcement{ann(0xb, coord.StateIdle, 0.9, 500)}, nil},
+		{"needier, verifying", []coord.Announcement{ann(0xb, coord.StateVerifying, 0.9, 500)}, nil},
+		{"needier, defragmenting", []coord.Announcement{ann(0xb, coord.StateDefragmenting, 0.9, 500)}, []string{"b"}},
+		{"the leader is never ahead", []coord.Announcement{leaderAnn}, nil},
+		{"another agent of this member", []coord.Announcement{ann(0xa, coord.StatePending, 0.9, 500)}, nil},
+		{"two agents of one needier member", []coord.Announcement{ann(0xc, coord.StatePending, 0.8, 1), ann(0xc, coord.StateLocked, 0.8, 1), ann(0xb, coord.StatePending, 0.1, 1)}, []string{"c"}},
+	}
+	for _, tt := range tests {
+		if got := needier(tt.anns, mine); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: needier = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestFollowerSettled(t *testing.T) {
 	start := time.Date(2026, 12, 5, 20, 0, 0, 0, time.UTC)
 	now := start.Add(3 * time.Second)

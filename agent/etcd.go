@@ -61,6 +61,15 @@ type memberStatus struct {
 
 func (s memberStatus) isLeader() bool { return s.ID != 0 && s.ID == s.Leader }
 
+// need is how much the member needs a defrag (see need).
+func (s memberStatus) need() need {
+	n := need{free: max(s.DBSize-s.DBSizeInUse, 0), id: s.ID}
+	if s.Quota > 0 {
+		n.usage = float64(s.DBSize) / float64(s.Quota)
+	}
+	return n
+}
+
 func (s memberStatus) sizes() *Sizes {
 	return &Sizes{DBSize: s.DBSize, DBSizeInUse: s.DBSizeInUse, DBQuota: s.Quota, Revision: s.Revision}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"math"
 	"runtime"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -59,6 +60,10 @@ type metrics struct {
 	expectedDefrag    prometheus.Gauge
 	diskFree          prometheus.Gauge // nil without --data-dir
 	guardOverrides    *prometheus.CounterVec
+	dbSizeGrowth      prometheus.Gauge
+	dbSizeInUseGrowth prometheus.Gauge
+	secondsToQuota    prometheus.Gauge
+	writesPerSecond   prometheus.Gauge
 }
 
 // The guards, the values of the guard label.
@@ -159,6 +164,19 @@ func newMetrics(reg prometheus.Registerer, version string, measureDisk bool) *me
 			Help: "Defragmentations a NOSPACE recovery ran although a guard (probe_budget, disk_space) would have refused them.",
 		}, []string{"guard"}),
 	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help})
+	}
+	m.dbSizeGrowth = gauge("db_size_growth_bytes_per_second",
+		"How fast the member's backend file grows, smoothed over --growth-window (0 until measured; it starts over when the file shrinks).")
+	m.dbSizeInUseGrowth = gauge("db_size_in_use_growth_bytes_per_second",
+		"How fast the member's in-use bytes grow, smoothed over --growth-window (0 until measured).")
+	m.secondsToQuota = gauge("seconds_to_quota",
+		"Seconds until the member's backend file reaches its quota at the current growth rate (+Inf when it does not grow).")
+	m.secondsToQuota.Set(math.Inf(1))
+	m.writesPerSecond = gauge("writes_per_second",
+		"Raft entries the member committed per second between the agent's two latest status reads (NaN until measured).")
+	m.writesPerSecond.Set(math.NaN())
 	if measureDisk {
 		m.diskFree = prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "disk_free_bytes",
@@ -200,7 +218,7 @@ func newMetrics(reg prometheus.Registerer, version string, measureDisk bool) *me
 		buildInfo, m.ruleEvaluations, m.defrags, m.skips, m.cycles, m.defragDuration,
 		m.lockWait, m.leaderWait, m.waiting, m.reclaimed, m.lastSuccess, m.lastCycle, m.inProgress,
 		m.isLeader, m.dbSize, m.dbSizeInUse, m.dbQuota, m.alarm, m.nospaceRecoveries, m.knownBug,
-		m.expectedDefrag, m.guardOverrides,
+		m.expectedDefrag, m.guardOverrides, m.dbSizeGrowth, m.dbSizeInUseGrowth, m.secondsToQuota, m.writesPerSecond,
 	)
 	return m
 }

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/coord"
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 )
 
 // Decision is how a cycle ended.
@@ -55,6 +57,8 @@ type Report struct {
 	// DiskFreeBytes is the free space of the data directory's filesystem;
 	// absent without --data-dir.
 	DiskFreeBytes *int64 `json:"disk_free_bytes,omitempty"`
+	// Trend is what the rule saw of the member's growth and writes.
+	Trend *TrendReport `json:"trend,omitempty"`
 	// EtcdVersion is the member's etcd version; Warnings name its known
 	// defrag bugs, and the guards a NOSPACE recovery overrode.
 	EtcdVersion string   `json:"etcd_version,omitempty"`
@@ -144,4 +148,29 @@ func (a *Agent) logLevel(prev, cur Report, err error) slog.Level {
 		return slog.LevelDebug
 	}
 	return slog.LevelInfo
+}
+
+// TrendReport is the member's trend as the rule saw it. A value that is not
+// known yet, or infinite (secondsToQuota of a file that does not grow), is
+// absent: JSON has no infinity.
+type TrendReport struct {
+	DBSizeGrowth      *float64 `json:"db_size_growth_bytes_per_second,omitempty"`
+	DBSizeInUseGrowth *float64 `json:"db_size_in_use_growth_bytes_per_second,omitempty"`
+	SecondsToQuota    *float64 `json:"seconds_to_quota,omitempty"`
+	WritesPerSecond   *float64 `json:"writes_per_second,omitempty"`
+}
+
+// trendReport is the report's view of what the rule saw (v) of the trend (r).
+func trendReport(v rule.Vars, r trendRates) *TrendReport {
+	finite := func(x float64) *float64 {
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			return nil
+		}
+		return &x
+	}
+	t := &TrendReport{SecondsToQuota: finite(v.SecondsToQuota), WritesPerSecond: finite(v.WritesPerSecond)}
+	if r.Known {
+		t.DBSizeGrowth, t.DBSizeInUseGrowth = &r.DBSize, &r.DBSizeInUse
+	}
+	return t
 }

@@ -35,6 +35,7 @@ func (a *Agent) Serve(ctx context.Context, sched Schedule) error {
 	s, err := gocron.NewScheduler(
 		gocron.WithLogger(quietLogger{a.log.With("component", "scheduler")}),
 		gocron.WithStopTimeout(a.cfg.DefragTimeout+2*a.cfg.CommandTimeout+lock.CleanupTimeout),
+		gocron.WithLocation(a.cfg.Timezone.Loc()),
 	)
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)

@@ -22,6 +22,7 @@ type step int
 
 const (
 	stepLeaderWait step = iota // the leader's agent waits for the followers
+	stepYield                  // a follower waits for the followers that need a defrag more
 	stepLock                   // take the lock, check and defragment under it
 	stepDone                   // the turn is over
 )
@@ -60,9 +61,14 @@ func (c *cycle) takeTurn(ctx context.Context) error {
 				return err
 			}
 			next = stepLock
+		case stepYield:
+			if err := c.waitNeedier(ctx); err != nil {
+				return err
+			}
+			next = stepLock
 		case stepLock:
 			if locks == maxTurns {
-				return c.skip(ReasonLeaderWait, fmt.Errorf("leadership or followers changed %d times while waiting for the turn", locks))
+				return c.skip(ReasonLeaderWait, fmt.Errorf("leadership or followers changed %d times while waiting for the turn (leader's wait, or followers nearer their quota first)", locks))
 			}
 			locks++
 			var err error
@@ -150,6 +156,15 @@ func (c *cycle) underLock(ctx context.Context, m *lock.Mutex) (step, error) {
 			}
 			c.turn.waited = false
 			return stepLeaderWait, nil
+		}
+	} else {
+		ahead, _, err := c.needierFollowers(ctx)
+		if err != nil {
+			return stepDone, c.unavailable(ctx, err)
+		}
+		if len(ahead) > 0 {
+			c.log.Info("followers nearer their quota asked too: letting them go first", "followers_ahead", ahead)
+			return stepYield, nil
 		}
 	}
 	if ok, err := c.decide(ctx); !ok {
@@ -451,4 +466,99 @@ func (c *cycle) activeFollowers(ctx context.Context) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// Neediest first. Followers that ask for a turn at the same time go in the
+// order of their need, the fullest first: the member nearest its quota is
+// the one whose alarm would stall the whole cluster. The members hold the
+// same data, so the fullest file is also the one with the most to reclaim;
+// the two orders differ only when the quotas differ (a rolling change of
+// --quota-backend-bytes), and then the quota decides. The lock stays a
+// FIFO queue: the follower that takes it first checks, under it, whether a
+// needier follower waits, and if so gives the lock up and waits for it.
+
+// need is how much a member needs a defrag: its file's share of its quota,
+// then its reclaimable bytes, then (for a strict order) the lower member ID.
+type need struct {
+	usage float64
+	free  int64
+	id    uint64
+}
+
+// more reports whether n comes before o.
+func (n need) more(o need) bool {
+	switch {
+	case n.usage != o.usage:
+		return n.usage > o.usage
+	case n.free != o.free:
+		return n.free > o.free
+	}
+	return n.id < o.id
+}
+
+// needier names, from the agents' announcements, the followers in a turn
+// (pending, locked, defragmenting) that need a defrag more than mine. A
+// leader's agent is never ahead: the leader goes last.
+func needier(anns []coord.Announcement, mine need) []string {
+	var out []string
+	for _, x := range anns {
+		if x.Member == mine.id || x.Leader || !x.State.Active() || x.State == coord.StateRecovering {
+			continue
+		}
+		if (need{usage: x.DBQuotaUsage, free: x.DBSizeFree, id: x.Member}).more(mine) {
+			out = append(out, fmt.Sprintf("%x", x.Member))
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// needierFollowers reads the announcements and names the followers ahead of
+// this member (needier).
+func (c *cycle) needierFollowers(ctx context.Context) ([]string, int64, error) {
+	a := c.a
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
+	defer cancel()
+	anns, rev, err := a.board.Announcements(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	return needier(anns, c.st.need()), rev, nil
+}
+
+// waitNeedier is a follower's wait for the followers ahead of it: it
+// returns once none of them is in a turn any more, and gives up at the
+// turn's deadline (--leader-wait-timeout from the first wait). The time
+// counts as lock wait: the follower would have waited for the lock anyway.
+func (c *cycle) waitNeedier(ctx context.Context) error {
+	a := c.a
+	start := a.now()
+	if c.turn.deadline.IsZero() {
+		c.turn.deadline = start.Add(a.cfg.LeaderWaitTimeout)
+	}
+	a.metrics.waiting.WithLabelValues(waitLock).Set(1)
+	defer func() {
+		a.metrics.waiting.WithLabelValues(waitLock).Set(0)
+		c.rep.LockWaitSeconds += a.now().Sub(start).Seconds()
+	}()
+	for {
+		ahead, rev, err := c.needierFollowers(ctx)
+		switch {
+		case err != nil:
+			return c.unavailable(ctx, err)
+		case len(ahead) == 0:
+			return nil
+		case !a.now().Before(c.turn.deadline):
+			return c.skip(ReasonLeaderWait, fmt.Errorf("followers nearer their quota still in a turn after %v: %v", a.cfg.LeaderWaitTimeout, ahead))
+		}
+		wctx, cancel := context.WithTimeout(ctx, min(c.turn.deadline.Sub(a.now()), leaderPoll))
+		err = a.board.WaitChange(wctx, rev)
+		cancel()
+		if ctx.Err() != nil {
+			return c.skip(ReasonShutdown, ctx.Err())
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			c.log.Debug("watch while waiting for needier followers failed; polling", "err", err)
+		}
+	}
 }

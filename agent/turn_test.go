@@ -489,3 +489,91 @@ func TestVerifyHashMismatch(t *testing.T) {
 	}
 	checkEachOnce(t, c.Defrags(), fs[:1])
 }
+
+// TestNeediestFirst: four followers whose files hold three amounts of
+// garbage ask for a turn at once (their agents start while the test holds
+// the lock); by the members' own log lines they are defragmented nearest
+// their quota first — the same data, so the fullest file first —, one at a
+// time, the leader last.
+func TestNeediestFirst(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{Members: 5})
+	l, fs := leader(t, c), followers(t, c)
+	cli := c.ClientT(t)
+	defrag := func(m *etcdtest.Member) {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		if _, err := cli.Defragment(ctx, m.ClientURL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	garbage := func(stage string, mib int) {
+		fill(t, c, etcddata.FillOptions{Prefix: "/garbage/" + stage + "/", Keys: mib * 1024, ValueSize: 1024, Garbage: 1})
+	}
+	// Live data, then 8 MiB of garbage on every member; fs[0] gives its
+	// garbage back before 4 MiB more are written, fs[1] before 1 MiB more.
+	// Each file keeps its high-water mark: fs[2] and fs[3] have about 8 MiB
+	// to reclaim, fs[0] 4 and fs[1] 1.
+	fill(t, c, etcddata.FillOptions{Keys: 2048, ValueSize: 1024})
+	garbage("a", 8)
+	defrag(fs[0])
+	garbage("b", 4)
+	defrag(fs[1])
+	garbage("c", 1)
+
+	release := holdLock(t, c)
+	const src = "dbSizeFree > 512*1024"
+	agents := []*testAgent{newTestAgent(t, c, l, src)}
+	for _, f := range fs {
+		agents = append(agents, newTestAgent(t, c, f, src))
+	}
+	n := len(c.Defrags())
+	done := make(chan []error, 1)
+	go func() { done <- runAll(t.Context(), agents...) }()
+	for _, f := range fs {
+		waitAnnounced(t, c, f.ID, coord.StatePending)
+	}
+	// What each follower needs, as the agents announced it.
+	anns, _, err := coord.Announcements(t.Context(), cli, coord.NewKeys(testPrefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	needs := map[uint64]need{}
+	for _, a := range anns {
+		if a.State == coord.StatePending && !a.Leader {
+			needs[a.Member] = need{usage: a.DBQuotaUsage, free: a.DBSizeFree, id: a.Member}
+		}
+	}
+	t.Logf("needs: %+v", needs)
+	release()
+	for i, err := range <-done {
+		if err != nil {
+			t.Errorf("agent of %s: %v", agents[i].member.Name, err)
+		}
+	}
+
+	ds := defragsSince(c, n)
+	checkOneAtATime(t, ds)
+	checkEachOnce(t, ds, c.Members())
+	checkLeaderLast(t, ds, l.ID)
+	// Followers in the order etcd logged their defrags: each needs at
+	// least as much as the next, within 256 KiB (a tie: the files of fs[2]
+	// and fs[3] differ by a few pages).
+	var order []need
+	for _, d := range ds {
+		if nd, ok := needs[d.MemberID]; ok {
+			order = append(order, nd)
+		}
+	}
+	if len(order) != len(fs) {
+		t.Fatalf("followers defragmented: %d of %d (%v)", len(order), len(fs), ds)
+	}
+	for i := 1; i < len(order); i++ {
+		if order[i].free > order[i-1].free+256<<10 {
+			t.Errorf("follower %x (%d bytes to reclaim) went before %x (%d): defrags %v", order[i-1].id, order[i-1].free, order[i].id, order[i].free, ds)
+		}
+	}
+	// The classes are far apart: the two 8 MiB files first, 1 MiB last.
+	if order[len(order)-1].id != fs[1].ID || order[len(order)-2].id != fs[0].ID {
+		t.Errorf("fs[0] (%x) and fs[1] (%x) were not the last followers: defrags %v", fs[0].ID, fs[1].ID, ds)
+	}
+}

@@ -107,6 +107,8 @@ func Default() Config {
 			DisalarmThreshold:   0.9,
 			VerifyHashKV:        true,
 			DiskHeadroom:        0.2,
+			GrowthWindow:        agent.DefaultGrowthWindow,
+			Timezone:            agent.Timezone{Location: time.UTC},
 		},
 		Endpoints:         []string{"127.0.0.1:2379"},
 		InsecureTransport: true,
@@ -147,7 +149,7 @@ func Keys() []string {
 		"keepalive-timeout", "defrag-rule", "etcd-storage-quota-bytes", "compaction",
 		"compaction-retention", "dry-run", "move-leader", "auto-disalarm", "disalarm-threshold",
 		"once", "schedule", "cooldown", "defrag-timeout", "max-defrag-duration", "data-dir",
-		"disk-headroom", "lock-prefix", "lock-ttl", "lock-timeout",
+		"disk-headroom", "growth-window", "timezone", "lock-prefix", "lock-ttl", "lock-timeout",
 		"leader-wait-timeout", "allow-quorum-loss", "verify-hashkv", "web.listen-address",
 		"web.config.file", "log.level", "log.format",
 	}

@@ -20,7 +20,7 @@ func TestKeys(t *testing.T) {
 		"keepalive-timeout", "defrag-rule", "etcd-storage-quota-bytes", "compaction",
 		"compaction-retention", "dry-run", "move-leader", "auto-disalarm", "disalarm-threshold",
 		"once", "schedule", "cooldown", "defrag-timeout", "max-defrag-duration", "data-dir",
-		"disk-headroom", "lock-prefix", "lock-ttl", "lock-timeout",
+		"disk-headroom", "growth-window", "timezone", "lock-prefix", "lock-ttl", "lock-timeout",
 		"leader-wait-timeout", "allow-quorum-loss", "verify-hashkv", "web.listen-address",
 		"web.config.file", "log.level", "log.format",
 	}
@@ -131,6 +131,7 @@ func TestLoadEveryKey(t *testing.T) {
 			MaxDefragDuration:   90 * time.Second,
 			DataDir:             "testdata",
 			DiskHeadroom:        0.5,
+			GrowthWindow:        2 * time.Hour,
 			Once:                true,
 		},
 		Endpoints:             []string{"https://127.0.0.1:2379", "https://[::1]:2379"},
@@ -150,6 +151,11 @@ func TestLoadEveryKey(t *testing.T) {
 	}
 	pw := Secret("filepw")
 	want.passwordFromFile = &pw
+	// A zone is compared by name: each load makes a new *time.Location.
+	if got.Timezone.String() != "Europe/Berlin" {
+		t.Errorf("timezone %v, want Europe/Berlin", got.Timezone)
+	}
+	want.Timezone = got.Timezone
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load(valid.yml) =\n%#v\nwant\n%#v", got, want)
 	}

@@ -77,6 +77,7 @@ func problemsOf(err error) map[string]string {
 // with it. Types it does not know pass unchanged.
 func convert(v any, to reflect.Type, compile bool) (any, error) {
 	durationType, ruleType, scheduleType := reflect.TypeFor[time.Duration](), reflect.TypeFor[*rule.Rule](), reflect.TypeFor[agent.Schedule]()
+	timezoneType := reflect.TypeFor[agent.Timezone]()
 	if text, ok := v.(envText); ok {
 		s := string(text)
 		switch kind := to.Kind(); {
@@ -117,6 +118,12 @@ func convert(v any, to reflect.Type, compile bool) (any, error) {
 			return nil, fmt.Errorf("invalid duration %v: a duration needs a unit, such as \"%vs\"", v, v)
 		}
 		return nil, &typeError{`a duration such as "30s"`, v}
+	case timezoneType:
+		s, ok := v.(string)
+		if !ok {
+			return nil, &typeError{`a time zone name such as "UTC" or "Europe/Berlin"`, v}
+		}
+		return ParseTimezone(s)
 	case ruleType, ruleType.Elem(), scheduleType:
 		s, ok := v.(string)
 		switch {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -35,8 +36,8 @@ func testFlags(t *testing.T, args ...string) *pflag.FlagSet {
 			fs.String(key, string(v), "")
 		case *rule.Rule:
 			fs.String(key, v.String(), "")
-		case agent.Schedule:
-			fs.String(key, v.String(), "")
+		case agent.Schedule, agent.Timezone:
+			fs.String(key, v.(fmt.Stringer).String(), "")
 		case bool:
 			fs.Bool(key, v, "")
 		case int64:

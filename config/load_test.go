@@ -85,6 +85,39 @@ log:
 	}
 }
 
+// TestLoadTimezone: the zone by name from each layer, UTC by default, with
+// the zone database of the binary.
+func TestLoadTimezone(t *testing.T) {
+	file := writeFile(t, "agent.yml", "timezone: America/New_York\n")
+	tests := []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{want: "UTC"},
+		{env: []string{"ETCD_DEFRAG_CONFIG=" + file}, want: "America/New_York"},
+		{env: []string{"ETCD_DEFRAG_CONFIG=" + file, "ETCD_DEFRAG_TIMEZONE=Asia/Tokyo"}, want: "Asia/Tokyo"},
+		{env: []string{"ETCD_DEFRAG_TIMEZONE=Asia/Tokyo"}, args: []string{"--timezone=Europe/Berlin"}, want: "Europe/Berlin"},
+	}
+	for _, tc := range tests {
+		cfg, err := Load(Sources{Flags: testFlags(t, tc.args...), Environ: tc.env})
+		if err != nil {
+			t.Fatalf("Load(env %q, args %q): %v", tc.env, tc.args, err)
+		}
+		if got := cfg.Timezone.String(); got != tc.want {
+			t.Errorf("Load(env %q, args %q): timezone %q, want %q", tc.env, tc.args, got, tc.want)
+		}
+	}
+	cfg, err := Load(Sources{Flags: testFlags(t, "--timezone=Europe/Berlin")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 7, 1, 12, 0, 0, 0, time.UTC).In(cfg.Timezone.Loc())
+	if at.Hour() != 14 {
+		t.Errorf("12:00 UTC in Europe/Berlin in July is %v, want 14:00", at)
+	}
+}
+
 // TestLoadRuleAndSchedule checks that Load hands out the rule compiled and
 // the schedule parsed, from the layer that wins; a bad rule or schedule in a
 // layer below it is not an error, like any other value a layer above
@@ -335,6 +368,15 @@ func TestLoadInvalid(t *testing.T) {
 		}},
 		{name: "flag command timeout too short", args: []string{"--command-timeout=300ms"}, want: []string{
 			`flag --command-timeout: 300ms is too short: at least 1s, so that a request can go to another member while one defragments (each attempt waits at least 500ms)`,
+		}},
+		{name: "flag unknown time zone", args: []string{"--timezone=Mars/Olympus"}, want: []string{
+			`flag --timezone: unknown time zone "Mars/Olympus" (want an IANA name such as UTC or Europe/Berlin)`,
+		}},
+		{name: "env local time zone", env: []string{"ETCD_DEFRAG_TIMEZONE=Local"}, want: []string{
+			`env ETCD_DEFRAG_TIMEZONE: time zone "Local": want an IANA name such as UTC or Europe/Berlin`,
+		}},
+		{name: "flag growth window too short", args: []string{"--growth-window=10s"}, want: []string{
+			`flag --growth-window: must be between 1m0s and 168h0m0s, got 10s (the span the growth rates are measured over)`,
 		}},
 		{name: "flag unix endpoint without path", args: []string{"--endpoints=unix://"}, want: []string{
 			`flag --endpoints: invalid endpoint "unix://": no socket path`,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	_ "time/tzdata" // --timezone needs no zone files in a FROM scratch image
 
 	"github.com/robfig/cron/v3"
 
@@ -39,4 +40,19 @@ func ParseSchedule(s string) (agent.Schedule, error) {
 		return agent.Schedule{}, fmt.Errorf("schedule %q never fires", s)
 	}
 	return agent.Schedule{Cron: s}, nil
+}
+
+// ParseTimezone reads an IANA time zone name ("UTC", "Europe/Berlin"; the
+// zone database is built into the binary, so it needs no files in the
+// image). "Local", the machine's zone, is refused: in a container it is
+// whatever the image says, not what the operator means.
+func ParseTimezone(s string) (agent.Timezone, error) {
+	if s == "" || s == "Local" {
+		return agent.Timezone{}, fmt.Errorf("time zone %q: want an IANA name such as UTC or Europe/Berlin", s)
+	}
+	loc, err := time.LoadLocation(s)
+	if err != nil {
+		return agent.Timezone{}, fmt.Errorf("unknown time zone %q (want an IANA name such as UTC or Europe/Berlin)", s)
+	}
+	return agent.Timezone{Location: loc}, nil
 }

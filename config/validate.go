@@ -18,6 +18,14 @@ import (
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/internal/steer"
 )
 
+// The bounds of --growth-window: a rate over less than a minute follows
+// bbolt's growth steps rather than the load; a week-old sample says nothing
+// about today's.
+const (
+	minGrowthWindow = time.Minute
+	maxGrowthWindow = 7 * 24 * time.Hour
+)
+
 // minCommandTimeout is the shortest request bound: a request of the cluster
 // client must fit two attempts, so that it can go to a second member when
 // the first one defragments (or is down) and gives no answer.
@@ -112,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if !(c.DiskHeadroom >= 0 && c.DiskHeadroom <= 1) {
 		bad("disk-headroom", "must be in [0, 1], got %v (a fraction of the in-use size)", c.DiskHeadroom)
+	}
+	if c.GrowthWindow < minGrowthWindow || c.GrowthWindow > maxGrowthWindow {
+		bad("growth-window", "must be between %v and %v, got %v (the span the growth rates are measured over)", minGrowthWindow, maxGrowthWindow, c.GrowthWindow)
 	}
 	if c.Cooldown < 0 {
 		bad("cooldown", "must not be negative, got %v (0 disables the cooldown)", c.Cooldown)

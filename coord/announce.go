@@ -57,6 +57,11 @@ type Announcement struct {
 	State State `json:"state"`
 	// Leader tells whether the member led the cluster when this was written.
 	Leader bool `json:"leader"`
+	// DBQuotaUsage and DBSizeFree are the member's dbSize / dbQuota and
+	// reclaimable bytes when this was written: among followers that ask for
+	// a turn at once, the one nearest its quota goes first.
+	DBQuotaUsage float64 `json:"db_quota_usage,omitempty"`
+	DBSizeFree   int64   `json:"db_size_free,omitempty"`
 	// Reason is the reason of the agent's last decision.
 	Reason string `json:"reason,omitempty"`
 	// Agent names the process for humans (host and PID).

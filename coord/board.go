@@ -54,6 +54,23 @@ type Last struct {
 	CopyRates []float64 `json:"copy_rates_bytes_per_second,omitempty"`
 }
 
+// Trend is trend/<member>: a few samples of the member's sizes and Raft
+// index, kept by its agent so that the growth rates it measures survive a
+// restart of the agent. Written every few minutes at most (see package
+// agent), never under the lock.
+type Trend struct {
+	Member  string        `json:"member_id"`
+	Samples []TrendSample `json:"samples"`
+}
+
+// TrendSample is one Status read of a member.
+type TrendSample struct {
+	Time        time.Time `json:"t"`
+	DBSize      int64     `json:"db_size"`
+	DBSizeInUse int64     `json:"db_size_in_use"`
+	RaftIndex   uint64    `json:"raft_index"`
+}
+
 // The values of Last.Verify.
 const (
 	VerifyPending = "pending"
@@ -166,6 +183,25 @@ func (b *Board) Lasts(ctx context.Context) (recs map[uint64]Last, bad []error, e
 		}
 	}
 	return recs, bad, nil
+}
+
+// Trend reads member's trend record; found is false when there is none.
+func (b *Board) Trend(ctx context.Context, member uint64) (t Trend, found bool, err error) {
+	rec, found, err := Get[Trend](ctx, b.cli, b.keys.Trend(member))
+	return rec.Value, found, err
+}
+
+// PutTrend writes member's trend record.
+func (b *Board) PutTrend(ctx context.Context, member uint64, t Trend) error {
+	key := b.keys.Trend(member)
+	put, err := OpPutJSON(key, t)
+	if err != nil {
+		return err
+	}
+	if _, err := b.cli.Do(ctx, put); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
 }
 
 // InFlight reads every in-flight record, by member, with the revisions they

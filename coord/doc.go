@@ -18,6 +18,8 @@
 //	                           defragmented, removed once it answers again; not
 //	                           leased, so it outlives an agent that dies mid-defrag
 //	P last/<member>            the record of the member's last defragmentation
+//	P trend/<member>           samples of the member's sizes, so that its growth
+//	                           rates survive a restart of its agent
 //
 // Member IDs are written in hexadecimal as etcdctl prints them. Every call
 // that blocks takes a context that bounds it; every request is safe to send

@@ -53,14 +53,20 @@ func (k Keys) Lasts() string { return k.prefix + "last/" }
 // Last is the last-defragmentation record of one member.
 func (k Keys) Last(member uint64) string { return fmt.Sprintf("%s%x", k.Lasts(), member) }
 
+// Trends is the prefix of the members' trend records.
+func (k Keys) Trends() string { return k.prefix + "trend/" }
+
+// Trend is the trend record of one member.
+func (k Keys) Trend(member uint64) string { return fmt.Sprintf("%s%x", k.Trends(), member) }
+
 // Health is the key read to prove a member answers linearizable reads. It is
 // never written.
 func (k Keys) Health() string { return k.prefix + "health" }
 
 // MemberOf returns the member ID a key under one of the per-member prefixes
-// (agents/, defrag/, last/) belongs to.
+// (agents/, defrag/, last/, trend/) belongs to.
 func (k Keys) MemberOf(key string) (uint64, bool) {
-	for _, p := range []string{k.Agents(), k.Defrags(), k.Lasts()} {
+	for _, p := range []string{k.Agents(), k.Defrags(), k.Lasts(), k.Trends()} {
 		rest, ok := strings.CutPrefix(key, p)
 		if !ok {
 			continue

@@ -27,6 +27,8 @@ func TestKeys(t *testing.T) {
 			{"Defrag", k.Defrag(member), "/etcd-defrag-agent/defrag/8e9e05c52164694d"},
 			{"Lasts", k.Lasts(), "/etcd-defrag-agent/last/"},
 			{"Last", k.Last(member), "/etcd-defrag-agent/last/8e9e05c52164694d"},
+			{"Trends", k.Trends(), "/etcd-defrag-agent/trend/"},
+			{"Trend", k.Trend(member), "/etcd-defrag-agent/trend/8e9e05c52164694d"},
 			{"Health", k.Health(), "/etcd-defrag-agent/health"},
 		}
 		for _, tt := range tests {
@@ -51,6 +53,7 @@ func TestKeysMemberOf(t *testing.T) {
 		{"defrag", k.Defrag(member), member, true},
 		{"last", k.Last(1), 1, true},
 		{"largest ID", k.Last(^uint64(0)), ^uint64(0), true},
+		{"trend", k.Trend(member), member, true},
 		{"lock queue", k.Lock() + "1a", 0, false},
 		{"nospace queue", k.NoSpace() + "1a", 0, false},
 		{"health", k.Health(), 0, false},

@@ -6,7 +6,9 @@
 // The variable names and meanings of the etcd-defrag CLI (dbSize,
 // dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage) are kept, so its rules
 // carry over unchanged; this package adds fragmentation, isLeader, members,
-// sinceLastDefrag, expectedDefragSeconds and diskFree. All numbers are float64, and integer literals mix
+// sinceLastDefrag, expectedDefragSeconds, diskFree, the growth rates and
+// secondsToQuota, writesPerSecond, and the time of day (hour, minute,
+// weekday). All numbers are float64, and integer literals mix
 // with them freely: 200*1024*1024 compares exactly. Division with / is
 // always floating-point division.
 //
@@ -19,8 +21,9 @@
 // Evaluation is pure: the result depends only on the [Vars] passed in. The
 // expr time builtins are disabled (now reads the clock; date and timezone
 // can read the time zone database; duration goes with them), so a rule
-// cannot depend on the time of day; time enters only through
-// sinceLastDefrag and expectedDefragSeconds, which the caller computes. There is no I/O and no
+// does not read the clock: time enters only through variables the caller
+// computes (hour, minute and weekday from the time it passes in,
+// sinceLastDefrag, the rates), and a test sets them. There is no I/O and no
 // package-level state.
 //
 // The package imports nothing of the project.

@@ -29,7 +29,7 @@ func ExampleCompile() {
 
 	// Output:
 	// dbQuotaUsage > 0.8 || dbSizeFree > 200*1024*1024: true
-	// rule "dbsize > 1": unknown name dbsize (1:1); did you mean dbSize? (variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree)
+	// rule "dbsize > 1": unknown name dbsize (1:1); did you mean dbSize? (variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree, dbSizeGrowthRate, dbSizeInUseGrowthRate, secondsToQuota, writesPerSecond, hour, minute, weekday)
 }
 
 func ExampleRule_Eval() {

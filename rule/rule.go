@@ -70,6 +70,29 @@ type Vars struct {
 	// member's data directory, or -1 when it is not measured (no
 	// --data-dir).
 	DiskFree float64 `expr:"diskFree"`
+	// DBSizeGrowthRate is how fast dbSize grows, in bytes per second,
+	// smoothed over the agent's --growth-window; 0 until it is measured
+	// (and right after a defragmentation, which starts it over).
+	DBSizeGrowthRate float64 `expr:"dbSizeGrowthRate"`
+	// DBSizeInUseGrowthRate is how fast dbSizeInUse grows, in bytes per
+	// second (negative when compactions free more than is written); 0
+	// until it is measured.
+	DBSizeInUseGrowthRate float64 `expr:"dbSizeInUseGrowthRate"`
+	// SecondsToQuota is the number of seconds until dbSize reaches dbQuota
+	// at dbSizeGrowthRate: 0 when it is there already, +Inf when the file
+	// does not grow (or the rate or the quota is unknown).
+	SecondsToQuota float64 `expr:"secondsToQuota"`
+	// WritesPerSecond is the member's committed Raft entries per second
+	// between its two latest Status reads by the agent, or +Inf until
+	// there are two: a rule waiting for a quiet moment does not fire on
+	// an unknown rate.
+	WritesPerSecond float64 `expr:"writesPerSecond"`
+	// Hour (0–23), Minute (0–59) and Weekday (0 is Sunday, 6 Saturday) are
+	// the time of the evaluation in the agent's --timezone (UTC by
+	// default), for maintenance windows.
+	Hour    float64 `expr:"hour"`
+	Minute  float64 `expr:"minute"`
+	Weekday float64 `expr:"weekday"`
 }
 
 // Readings are what the agent knows of a member, the raw inputs of
@@ -87,6 +110,15 @@ type Readings struct {
 	// DiskFree is the free space of the data directory's filesystem in
 	// bytes; negative when it is not measured.
 	DiskFree int64
+	// DBSizeGrowth and DBSizeInUseGrowth are the growth rates in bytes per
+	// second (0: not growing, or not measured yet).
+	DBSizeGrowth, DBSizeInUseGrowth float64
+	// WritesPerSecond is the rate of committed Raft entries; negative when
+	// it is not known yet.
+	WritesPerSecond float64
+	// Now is the time of the evaluation, in the zone its hour, minute and
+	// weekday are read in.
+	Now time.Time
 }
 
 // NewVars returns the Vars for one member and derives dbSizeFree,
@@ -96,7 +128,9 @@ type Readings struct {
 // clamped to 0. A dbQuota of 0 or less gives a dbQuotaUsage of 0, so a
 // quota-based rule does not fire on an unknown quota. A negative
 // SinceLastDefrag means the member was never defragmented and gives +Inf; a
-// negative DiskFree gives -1.
+// negative DiskFree gives -1; a negative WritesPerSecond gives +Inf.
+// secondsToQuota is (dbQuota - dbSize) / DBSizeGrowth: 0 once dbSize has
+// reached a positive quota, +Inf when the growth rate is not positive.
 func NewVars(r Readings) Vars {
 	v := Vars{
 		DBSize:                float64(r.DBSize),
@@ -108,6 +142,16 @@ func NewVars(r Readings) Vars {
 		SinceLastDefrag:       r.SinceLastDefrag.Seconds(),
 		ExpectedDefragSeconds: r.ExpectedDefrag.Seconds(),
 		DiskFree:              float64(r.DiskFree),
+		DBSizeGrowthRate:      r.DBSizeGrowth,
+		DBSizeInUseGrowthRate: r.DBSizeInUseGrowth,
+		WritesPerSecond:       r.WritesPerSecond,
+		Hour:                  float64(r.Now.Hour()),
+		Minute:                float64(r.Now.Minute()),
+		Weekday:               float64(r.Now.Weekday()),
+	}
+	v.SecondsToQuota = SecondsToQuota(r.DBSize, r.DBQuota, r.DBSizeGrowth)
+	if r.WritesPerSecond < 0 {
+		v.WritesPerSecond = math.Inf(1)
 	}
 	if r.DBQuota > 0 {
 		v.DBQuotaUsage = v.DBSize / v.DBQuota
@@ -122,6 +166,20 @@ func NewVars(r Readings) Vars {
 		v.DiskFree = -1
 	}
 	return v
+}
+
+// SecondsToQuota is the time in seconds until a file of dbSize bytes,
+// growing by rate bytes per second, reaches quota: 0 once it has reached a
+// positive quota, +Inf when the quota is not positive or the file does not
+// grow.
+func SecondsToQuota(dbSize, quota int64, rate float64) float64 {
+	switch {
+	case quota > 0 && dbSize >= quota:
+		return 0
+	case quota > 0 && rate > 0:
+		return float64(quota-dbSize) / rate
+	}
+	return math.Inf(1)
 }
 
 // clockBuiltins are the expr time builtins, disabled in rules: now reads the
@@ -225,7 +283,7 @@ func compileMessage(err error) string {
 
 func unknownNameHint(name string) string {
 	if slices.Contains(clockBuiltins(), name) {
-		return "; time functions are disabled because a rule must not depend on the clock (use sinceLastDefrag)"
+		return "; time functions are disabled because a rule must not read the clock itself (use hour, minute, weekday or sinceLastDefrag)"
 	}
 	names := varNames()
 	hint := ""

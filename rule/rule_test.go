@@ -21,6 +21,9 @@ const (
 // never defragmented.
 const never = -1 * time.Nanosecond
 
+// inf is secondsToQuota when the file does not grow.
+var inf = math.Inf(1)
+
 // member returns the Vars of a follower in a three-member cluster that was
 // never defragmented.
 func member(dbSize, dbSizeInUse, dbQuota int64) Vars {
@@ -67,47 +70,77 @@ func TestNewVars(t *testing.T) {
 		{
 			name: "typical",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 600, DBQuota: 2000, IsLeader: true, Members: 3, SinceLastDefrag: 90 * time.Second, ExpectedDefrag: 1500 * time.Millisecond, DiskFree: 5000},
-			want: Vars{DBSize: 1000, DBSizeInUse: 600, DBSizeFree: 400, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.4, IsLeader: true, Members: 3, SinceLastDefrag: 90, ExpectedDefragSeconds: 1.5, DiskFree: 5000},
+			want: Vars{DBSize: 1000, DBSizeInUse: 600, DBSizeFree: 400, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.4, IsLeader: true, Members: 3, SinceLastDefrag: 90, ExpectedDefragSeconds: 1.5, DiskFree: 5000, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "full file",
 			in:   Readings{DBSize: 2000, DBSizeInUse: 2000, DBQuota: 2000, Members: 5, SinceLastDefrag: 1500 * time.Millisecond},
-			want: Vars{DBSize: 2000, DBSizeInUse: 2000, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 1, Fragmentation: 0, Members: 5, SinceLastDefrag: 1.5},
+			want: Vars{DBSize: 2000, DBSizeInUse: 2000, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 1, Fragmentation: 0, Members: 5, SinceLastDefrag: 1.5, SecondsToQuota: 0, Weekday: 1},
 		},
 		{
 			name: "empty file has no fragmentation",
 			in:   Readings{DBQuota: 2000, Members: 1},
-			want: Vars{DBQuota: 2000, Members: 1},
+			want: Vars{DBQuota: 2000, Members: 1, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "unknown quota gives zero usage",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 250, Members: 3},
-			want: Vars{DBSize: 1000, DBSizeInUse: 250, DBSizeFree: 750, DBQuotaUsage: 0, Fragmentation: 0.75, Members: 3},
+			want: Vars{DBSize: 1000, DBSizeInUse: 250, DBSizeFree: 750, DBQuotaUsage: 0, Fragmentation: 0.75, Members: 3, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "negative quota gives zero usage",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: -1, Members: 3},
-			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: -1, Members: 3},
+			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: -1, Members: 3, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "in use above size clamps free to zero",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 1100, DBQuota: 2000, Members: 3},
-			want: Vars{DBSize: 1000, DBSizeInUse: 1100, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0, Members: 3},
+			want: Vars{DBSize: 1000, DBSizeInUse: 1100, DBSizeFree: 0, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0, Members: 3, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "never defragmented",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, Members: 3, SinceLastDefrag: never},
-			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, SinceLastDefrag: math.Inf(1)},
+			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, SinceLastDefrag: math.Inf(1), SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "disk not measured",
 			in:   Readings{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, Members: 3, DiskFree: -42},
-			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, DiskFree: -1},
+			want: Vars{DBSize: 1000, DBSizeInUse: 1000, DBQuota: 2000, DBQuotaUsage: 0.5, Members: 3, DiskFree: -1, SecondsToQuota: inf, Weekday: 1},
 		},
 		{
 			name: "8 GiB quota on an 8 GiB volume",
 			in:   Readings{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBQuota: 8 * gib, Members: 3, SinceLastDefrag: 24 * time.Hour, ExpectedDefrag: 80 * time.Second, DiskFree: 2 * gib},
-			want: Vars{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBSizeFree: 2 * gib, DBQuota: 8 * gib, DBQuotaUsage: 0.75, Fragmentation: 1.0 / 3, Members: 3, SinceLastDefrag: 86400, ExpectedDefragSeconds: 80, DiskFree: 2 * gib},
+			want: Vars{DBSize: 6 * gib, DBSizeInUse: 4 * gib, DBSizeFree: 2 * gib, DBQuota: 8 * gib, DBQuotaUsage: 0.75, Fragmentation: 1.0 / 3, Members: 3, SinceLastDefrag: 86400, ExpectedDefragSeconds: 80, DiskFree: 2 * gib, SecondsToQuota: inf, Weekday: 1},
+		},
+		{
+			name: "growing toward the quota",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 800, DBQuota: 2000, Members: 3, DBSizeGrowth: 2.5, DBSizeInUseGrowth: -1, WritesPerSecond: 40},
+			want: Vars{DBSize: 1000, DBSizeInUse: 800, DBSizeFree: 200, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.2, Members: 3,
+				DBSizeGrowthRate: 2.5, DBSizeInUseGrowthRate: -1, SecondsToQuota: 400, WritesPerSecond: 40, Weekday: 1},
+		},
+		{
+			name: "shrinking file never reaches the quota",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 800, DBQuota: 2000, Members: 3, DBSizeGrowth: -3},
+			want: Vars{DBSize: 1000, DBSizeInUse: 800, DBSizeFree: 200, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.2, Members: 3,
+				DBSizeGrowthRate: -3, SecondsToQuota: inf, Weekday: 1},
+		},
+		{
+			name: "growth without a known quota",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 800, Members: 3, DBSizeGrowth: 5},
+			want: Vars{DBSize: 1000, DBSizeInUse: 800, DBSizeFree: 200, Fragmentation: 0.2, Members: 3, DBSizeGrowthRate: 5, SecondsToQuota: inf, Weekday: 1},
+		},
+		{
+			name: "writes not measured yet",
+			in:   Readings{DBSize: 1000, DBSizeInUse: 800, DBQuota: 2000, Members: 3, WritesPerSecond: -1},
+			want: Vars{DBSize: 1000, DBSizeInUse: 800, DBSizeFree: 200, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.2, Members: 3,
+				SecondsToQuota: inf, WritesPerSecond: inf, Weekday: 1},
+		},
+		{
+			name: "the time of day in the zone passed in",
+			in: Readings{DBSize: 1000, DBSizeInUse: 800, DBQuota: 2000, Members: 3,
+				Now: time.Date(2026, 12, 5, 23, 59, 0, 0, time.UTC).In(time.FixedZone("UTC+2", 2*3600))},
+			want: Vars{DBSize: 1000, DBSizeInUse: 800, DBSizeFree: 200, DBQuota: 2000, DBQuotaUsage: 0.5, Fragmentation: 0.2, Members: 3,
+				SecondsToQuota: inf, Hour: 1, Minute: 59, Weekday: 0}, // Sunday 01:59 there
 		},
 	}
 	for _, tc := range tests {
@@ -129,7 +162,7 @@ func TestCompileErrors(t *testing.T) {
 		{name: "blank", src: " \t\n", want: []string{"rule is empty"}},
 		{name: "syntax", src: "dbSize >", want: []string{`rule "dbSize >"`, "unexpected token EOF", "(1:8)"}},
 		{name: "bad operator", src: "dbSize > 1 # comment", want: []string{"unexpected token"}},
-		{name: "unknown variable", src: "dbsize > 1", want: []string{"unknown name dbsize", "did you mean dbSize?", "(variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree)"}},
+		{name: "unknown variable", src: "dbsize > 1", want: []string{"unknown name dbsize", "did you mean dbSize?", "(variables: dbSize, dbSizeInUse, dbSizeFree, dbQuota, dbQuotaUsage, fragmentation, isLeader, members, sinceLastDefrag, expectedDefragSeconds, diskFree, dbSizeGrowthRate, dbSizeInUseGrowthRate, secondsToQuota, writesPerSecond, hour, minute, weekday)"}},
 		{name: "unknown variable on second line", src: "dbSize > 1 &&\n  dbQuotaUsed > 0.8", want: []string{"unknown name dbQuotaUsed", "(2:3)", "(variables: dbSize"}},
 		{name: "unknown function", src: "dbSize > kb(200)", want: []string{"unknown name kb", "(variables: "}},
 		{name: "number", src: "dbSize + 1", want: []string{"expected bool", "float64", "must be a condition"}},
@@ -294,6 +327,24 @@ func TestOtherVariables(t *testing.T) {
 	}
 	roomy := NewVars(Readings{DBSize: 4 * gib, DBSizeInUse: 3 * gib, DBQuota: 8 * gib, Members: 3, DiskFree: 4 * gib})
 	cramped := NewVars(Readings{DBSize: 6 * gib, DBSizeInUse: 3 * gib, DBQuota: 8 * gib, Members: 3, DiskFree: 2 * gib})
+	// The README's window rule: urgent defrags any time, the others
+	// between 01:00 and 05:00.
+	const window = "dbQuotaUsage > 0.9 || (fragmentation > 0.5 && hour >= 1 && hour < 5)"
+	at := func(dbSize, inUse int64, hour, minute int) Vars {
+		return NewVars(Readings{DBSize: dbSize, DBSizeInUse: inUse, DBQuota: 2 * gib, Members: 3,
+			Now: time.Date(2026, 12, 7, hour, minute, 0, 0, time.UTC)})
+	}
+	// The README's forecast rule: a day or less to the quota, with space to
+	// reclaim.
+	const forecast = "secondsToQuota < 24*3600 && dbSizeFree > 0.1*dbQuota"
+	growing := func(rate float64) Vars {
+		return NewVars(Readings{DBSize: gib, DBSizeInUse: 700 * mib, DBQuota: 2 * gib, Members: 3, DBSizeGrowth: rate})
+	}
+	// The README's quiet-moment rule.
+	const quiet = "fragmentation > 0.5 && writesPerSecond < 20"
+	writes := func(wps float64) Vars {
+		return NewVars(Readings{DBSize: gib, DBSizeInUse: 400 * mib, DBQuota: 2 * gib, Members: 3, WritesPerSecond: wps})
+	}
 
 	tests := []struct {
 		name string
@@ -321,6 +372,21 @@ func TestOtherVariables(t *testing.T) {
 		{"no room for the copy", "diskFree < 0 || diskFree > 1.2*dbSizeInUse", cramped, false},
 		{"disk not measured", "diskFree < 0 || diskFree > 1.2*dbSizeInUse", followerNever, true},
 		{"not measured is -1", "diskFree == -1", followerNever, true},
+		{"window: fragmented at 03:30", window, at(gib, 400*mib, 3, 30), true},
+		{"window: fragmented at 05:00", window, at(gib, 400*mib, 5, 0), false},
+		{"window: fragmented at 00:59", window, at(gib, 400*mib, 0, 59), false},
+		{"window: urgent at 14:00", window, at(1900*mib, 1800*mib, 14, 0), true},
+		{"weekday: Monday", "weekday == 1", at(gib, gib, 12, 0), true},
+		{"weekend", "weekday == 0 || weekday == 6", at(gib, gib, 12, 0), false},
+		{"minute", "minute == 30", at(gib, gib, 3, 30), true},
+		{"forecast: a quota 12 h away", forecast, growing(float64(gib) / (12 * 3600)), true},
+		{"forecast: a quota 48 h away", forecast, growing(float64(gib) / (48 * 3600)), false},
+		{"forecast: not growing", forecast, growing(0), false},
+		{"growth rate", "dbSizeGrowthRate > 1024", growing(2048), true},
+		{"in-use growth rate", "dbSizeInUseGrowthRate < 0", NewVars(Readings{DBSizeInUseGrowth: -5}), true},
+		{"quiet", quiet, writes(5), true},
+		{"busy", quiet, writes(500), false},
+		{"writes not measured yet are not quiet", quiet, writes(-1), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

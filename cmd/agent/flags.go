@@ -62,6 +62,8 @@ func newFlagSet(def config.Config) *pflag.FlagSet {
 	fs.Duration("max-defrag-duration", def.MaxDefragDuration, "refuse a defragmentation forecast to take longer than this (keep it below the time etcd's liveness probe allows; 0 disables)")
 	fs.String("data-dir", def.DataDir, "etcd's data directory, mounted read-only: refuse a defragmentation when its filesystem lacks room for etcd's copy of the database (empty disables)")
 	fs.Float64("disk-headroom", def.DiskHeadroom, "with --data-dir, free space needed beyond the in-use size, as a fraction of it, in [0, 1]")
+	fs.Duration("growth-window", def.GrowthWindow, "span over which the growth rates (dbSizeGrowthRate, dbSizeInUseGrowthRate, secondsToQuota) are measured, between 1m and 168h")
+	fs.String("timezone", def.Timezone.String(), "IANA time zone of the rule's hour, minute and weekday and of a cron --schedule, such as Europe/Berlin")
 	fs.String("lock-prefix", def.LockPrefix, "etcd key prefix of the agents' lock and bookkeeping keys")
 	fs.Duration("lock-ttl", def.LockTTL, "TTL of the agent's etcd session lease (whole seconds, at least 5s)")
 	fs.Duration("lock-timeout", def.LockTimeout, "how long to wait for the lock")

@@ -128,6 +128,8 @@ func TestF10BadInputs(t *testing.T) {
 			{name: "data dir a file", args: []string{"--data-dir=" + secret}, want: "--data-dir"},
 			{name: "disk headroom absurd", args: []string{"--disk-headroom=50"}, want: "--disk-headroom"},
 			{name: "disk headroom negative", args: []string{"--disk-headroom=-0.1"}, want: "--disk-headroom"},
+			{name: "unknown time zone", args: []string{"--timezone=Mars/Olympus"}, want: "--timezone"},
+			{name: "growth window absurd", args: []string{"--growth-window=9999h"}, want: "--growth-window"},
 			{name: "command timeout too short to steer", args: []string{"--command-timeout=300ms"}, want: "--command-timeout"},
 			{name: "max defrag duration negative", args: []string{"--max-defrag-duration=-1s"}, want: "--max-defrag-duration"},
 			{name: "max defrag duration beyond the defrag timeout", args: []string{"--max-defrag-duration=2h"}, want: "--max-defrag-duration"},
