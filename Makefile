@@ -94,11 +94,14 @@ stress:
 ## wait (up to BENCH_QUIET_TIMEOUT, default 2h) until the 1-minute load average stays below 0.8 for a minute.
 ## bench-quick runs every benchmark briefly into bin/bench-quick/ (its numbers mean nothing);
 ## bench-report renders docs/BENCHMARKS.md again from docs/bench/results.json.
+## BENCH_RUN selects benchmarks (go test -run); with BENCH_MERGE=1 their numbers replace those of
+## docs/bench/results.json and the report says so (e.g. BENCH_MERGE=1 make bench BENCH_RUN='TestP2|TestP3').
 BENCH_TIMEOUT ?= 60m
+BENCH_RUN     ?= .
 
 bench:
 	$(HARNESS) $(GO) vet -tags bench ./bench/
-	$(HARNESS) BENCH_COMMAND="make bench" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v ./bench/
+	$(HARNESS) BENCH_COMMAND="make bench$(if $(filter-out .,$(BENCH_RUN)), BENCH_RUN='$(BENCH_RUN)')" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v -run '$(BENCH_RUN)' ./bench/
 
 bench-quick:
 	$(HARNESS) $(GO) vet -tags bench ./bench/

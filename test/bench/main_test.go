@@ -35,6 +35,10 @@ const (
 	// flags after a colon, comma separated
 	// ("3x100x3,5x1000x1:--verify-hashkv=false").
 	envP1 = "BENCH_P1"
+	// envMerge starts from the output directory's results.json and replaces
+	// only what this run measures (the P1 cases it runs, P2 to P5), noting
+	// the run in the report.
+	envMerge = "BENCH_MERGE"
 	// envReportOnly renders the report again from the results.json of the
 	// output directory, without running anything.
 	envReportOnly = "BENCH_REPORT_ONLY"
@@ -167,21 +171,38 @@ func benchMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	results.Quick, results.QuietWait = cfg.quick, waited
-	results.Command = os.Getenv(envCommand)
-	if results.Command == "" {
-		results.Command = "go test " + strings.Join(os.Args[1:], " ")
+	command := os.Getenv(envCommand)
+	if command == "" {
+		command = "go test " + strings.Join(os.Args[1:], " ")
 	}
-	results.Agent = gitDescribe(root)
-	results.Started = time.Now()
-	results.LoadStart, _ = LoadAvg()
-	results.Machine = DescribeMachine(os.TempDir())
+	var merge *Merge
+	if on, _ := strconv.ParseBool(os.Getenv(envMerge)); on {
+		prev, err := LoadResults(resultsPath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", envMerge, err)
+			return 1
+		}
+		results, merge = prev, &Merge{Command: command, Started: time.Now(), Agent: gitDescribe(root)}
+	} else {
+		results.Quick, results.QuietWait = cfg.quick, waited
+		results.Command = command
+		results.Agent = gitDescribe(root)
+		results.Started = time.Now()
+		results.LoadStart, _ = LoadAvg()
+		results.Machine = DescribeMachine(os.TempDir())
+	}
 	fmt.Fprintf(os.Stderr, "bench: load %v at the start; machine %+v\n", results.LoadStart, results.Machine)
 
 	code := e2e.Main(m)
 
-	results.Finished = time.Now()
-	results.LoadEnd, _ = LoadAvg()
+	if merge != nil {
+		merge.Finished = time.Now()
+		merge.LoadEnd, _ = LoadAvg()
+		results.Merges = append(results.Merges, *merge)
+	} else {
+		results.Finished = time.Now()
+		results.LoadEnd, _ = LoadAvg()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	if e, err := e2e.EtcdBinary(ctx, etcdLine()); err == nil {
 		results.Etcd = e.Version

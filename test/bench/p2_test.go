@@ -33,7 +33,9 @@ const (
 // uncoordinated defrag of every member at once, and (d) the agents' round
 // again with clients that use gRPC health checking, which etcd's
 // StopGRPCServiceOnDefrag feature (on in every member here; it changes
-// nothing for clients that do not check health) turns into a failover.
+// nothing for clients that do not check health) turns into a failover,
+// (e) the round with the shortest request timeout, and (f, g) the round
+// with --move-leader for both kinds of client.
 // Every phase starts from the same copy of the data. Recorded per phase:
 // requests, failed requests, latency percentiles, the longest time with no
 // successful completion, and the defrags; plotted: every request's latency
@@ -140,6 +142,12 @@ func TestP2ClientImpact(t *testing.T) {
 	phase("(d) the agents' round, health-checking clients", true, agents)
 	phase("(e) the agents' round, "+shortTimeouts+" ("+cfg.p2ShortTimeout.String()+")", false,
 		agentsWith(append(slices.Clone(p1Args), "--command-timeout="+cfg.p2ShortTimeout.String(), "--lock-ttl=5s")))
+	// Leader move, for the default of --move-leader: the same round with the
+	// leader handing its leadership over first, for plain and for
+	// health-checking clients.
+	moveLeader := agentsWith(append(slices.Clone(p1Args), "--move-leader"))
+	phase("(f) the agents' round, --move-leader", false, moveLeader)
+	phase("(g) the agents' round, --move-leader, health-checking clients", true, moveLeader)
 	ct.expect(tolerated)
 	if err := PlotLatency(filepath.Join(cfg.out, "bench", "p2-latency.png"), plots); err != nil {
 		t.Error(err)

@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/etcd-defrag-agent/etcd-defrag-agent/rule"
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
 
@@ -26,6 +27,14 @@ var p3Compaction = []string{"--auto-compaction-mode=periodic", "--auto-compactio
 // p3LongCooldown is the cooldown of variant (d): what a cooldown longer
 // than the default (1m) costs under churn.
 const p3LongCooldown = 10 * time.Minute
+
+// The forecast rule of variant (e): defragment also when the file would
+// reach the quota within p3ForecastHorizon seconds at the growth rate of the
+// last p3GrowthWindow.
+const (
+	p3ForecastHorizon = "300"
+	p3GrowthWindow    = "5m"
+)
 
 // p3Workload is one intensity of P3's churn.
 type p3Workload struct {
@@ -51,12 +60,13 @@ type quotaVariant struct {
 // TestP3QuotaKeeping runs a churn (overwrites and deletes of 200 keys with
 // values from 1 KiB to 512 KiB, etcd compacting every minute to the
 // revision of a minute ago) against a small quota for cfg.p3Duration, at
-// two intensities, each on four clusters side by side — eight clusters at
+// two intensities, each on five clusters side by side — ten clusters at
 // once: (a) no defrag, (b) a fixed schedule that does what etcd-defrag does
 // from a CronJob (compact to the newest revision, defragment the followers,
 // then the leader) every cfg.p3Cron, (c) the agents with the default rule
 // checking every 10 s and every other flag at its default, (d) the same
-// with a cooldown of 10 minutes. It records NOSPACE alarms, refused writes,
+// with a cooldown of 10 minutes, (e) the agents with a rule that also
+// forecasts (secondsToQuota). It records NOSPACE alarms, refused writes,
 // defrags, each member's peak dbSize/quota and the peak of the bytes in
 // use, and plots each member's dbSize over time per intensity.
 func TestP3QuotaKeeping(t *testing.T) {
@@ -64,6 +74,8 @@ func TestP3QuotaKeeping(t *testing.T) {
 	t.Parallel()
 	agentArgs := []string{"--schedule=@every 10s", "--lock-ttl=30s"}
 	long := append(slices.Clone(agentArgs), "--cooldown="+p3LongCooldown.String())
+	forecast := append(slices.Clone(agentArgs), "--growth-window="+p3GrowthWindow,
+		"--defrag-rule="+rule.Default+" || (secondsToQuota < "+p3ForecastHorizon+" && dbSizeFree > 0.1*dbQuota)")
 	variants := []quotaVariant{
 		{name: "(a) no defrag", how: "nothing defragments"},
 		{name: fmt.Sprintf("(b) fixed schedule, every %v", cfg.p3Cron),
@@ -76,6 +88,11 @@ func TestP3QuotaKeeping(t *testing.T) {
 		{name: fmt.Sprintf("(d) agents, cooldown %v", p3LongCooldown), how: "`" + joinArgs(long) + "`",
 			start: func(_ context.Context, t *testing.T, c *e2e.Cluster) {
 				c.StartAgents(t, e2e.AgentOptions{Args: long})
+			}},
+		{name: "(e) agents, forecast rule", how: "`" + joinArgs(forecast) + "`: the default rule, or the quota less than " +
+			p3ForecastHorizon + " s away at the growth of the last " + p3GrowthWindow + " with a tenth of it to reclaim",
+			start: func(_ context.Context, t *testing.T, c *e2e.Cluster) {
+				c.StartAgents(t, e2e.AgentOptions{Args: forecast})
 			}},
 	}
 	type run struct {

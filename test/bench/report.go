@@ -104,6 +104,10 @@ func (w *report) render() {
 	w.p("| agent | %s |", orDash(r.Agent))
 	w.p("| load average (1, 5, 15 min) | start %s, end %s%s |", loads(r.LoadStart), loads(r.LoadEnd), quietNote(r.QuietWait))
 	w.p("| 1-minute load during the run | at most %.2f (read when each benchmark started and ended, and every 10 s during P3; the benchmarks' own processes count) |", r.LoadMax)
+	for _, mg := range r.Merges {
+		w.p("| merged | `%s`, %s – %s, agent %s, load at the end %s: its numbers replace this run's for what it ran |",
+			mg.Command, mg.Started.UTC().Format("2006-01-02 15:04"), mg.Finished.UTC().Format("15:04 MST"), orDash(mg.Agent), loads(mg.LoadEnd))
+	}
 	w.p("")
 	if len(r.Failed) > 0 {
 		var names []string

@@ -38,6 +38,18 @@ type Results struct {
 	Footprint *Footprint      `json:"footprint,omitempty"`
 	NoSpace   []NoSpaceCase   `json:"nospace,omitempty"`
 	Failed    map[string]bool `json:"failed,omitempty"`
+	// Merges are later runs of some benchmarks (BENCH_MERGE) whose numbers
+	// replaced this run's for what they measured.
+	Merges []Merge `json:"merges,omitempty"`
+}
+
+// Merge is one run merged into the results.
+type Merge struct {
+	Command  string     `json:"command"`
+	Started  time.Time  `json:"started"`
+	Finished time.Time  `json:"finished"`
+	Agent    string     `json:"agent"`
+	LoadEnd  [3]float64 `json:"load_end"`
 }
 
 // RoundCase is P1 for one cluster size and amount of data: the floor
