@@ -199,7 +199,14 @@ func (c *cycle) announce(ctx context.Context, s coord.State) error {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
 	sent := a.now()
-	n := c.st.need()
+	if s == coord.StatePending {
+		// The turn's need, from the status it was asked on: every later
+		// announcement of the turn carries the same, and the neediest-first
+		// order compares announced needs only, so two followers never both
+		// see the other as needier.
+		c.turn.need = c.st.need()
+	}
+	n := c.turn.need
 	rev, err := a.board.Announce(ctx, sess, c.st.ID, coord.Announcement{
 		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
 		DBQuotaUsage: n.usage, DBSizeFree: n.free,

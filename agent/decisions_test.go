@@ -125,6 +125,22 @@ func TestNeedier(t *testing.T) {
 			t.Errorf("%s: needier = %q, want %q", tt.name, got, tt.want)
 		}
 	}
+	// Two followers that compare what they announced never both yield
+	// (make test-busy found two that compared a fresh status with the
+	// other's announcement, and waited for each other).
+	needs := []need{{0.5, 100, 1}, {0.5, 100, 2}, {0.5, 99, 3}, {0.6, 1, 4}, {0.4, 1000, 5}}
+	for _, x := range needs {
+		for _, y := range needs {
+			if x.id == y.id {
+				continue
+			}
+			ax := coord.Announcement{Member: x.id, State: coord.StatePending, DBQuotaUsage: x.usage, DBSizeFree: x.free}
+			ay := coord.Announcement{Member: y.id, State: coord.StatePending, DBQuotaUsage: y.usage, DBSizeFree: y.free}
+			if xy, yx := len(needier([]coord.Announcement{ay}, x)), len(needier([]coord.Announcement{ax}, y)); xy+yx != 1 {
+				t.Errorf("%+v and %+v: %d and %d ahead, want exactly one of them ahead of the other", x, y, xy, yx)
+			}
+		}
+	}
 }
 
 func TestFollowerSettled(t *testing.T) {

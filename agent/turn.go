@@ -39,6 +39,7 @@ type turn struct {
 	deadline      time.Time // end of the leader's wait, set when it first waits
 	waited        bool      // the leader's wait ended after the latest pending announcement
 	released      bool      // the lock was released with the turn's record
+	need          need      // what the pending announcement said of the member
 }
 
 // asked records a pending announcement: the leader's wait, if any, starts
@@ -514,7 +515,7 @@ func needier(anns []coord.Announcement, mine need) []string {
 }
 
 // needierFollowers reads the announcements and names the followers ahead of
-// this member (needier).
+// this member (needier), by what this agent announced of it.
 func (c *cycle) needierFollowers(ctx context.Context) ([]string, int64, error) {
 	a := c.a
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
@@ -523,7 +524,7 @@ func (c *cycle) needierFollowers(ctx context.Context) ([]string, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	return needier(anns, c.st.need()), rev, nil
+	return needier(anns, c.turn.need), rev, nil
 }
 
 // waitNeedier is a follower's wait for the followers ahead of it: it
