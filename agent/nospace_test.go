@@ -128,7 +128,7 @@ func TestNoSpaceDisarmOnlyBelowThreshold(t *testing.T) {
 	var agents []*testAgent
 	for _, m := range c.Members() {
 		a := newTestAgent(t, c, m, "false", withConfig(func(cfg *Config) { cfg.DisalarmThreshold = threshold }))
-		if _, _, err := a.prepare(t.Context()); err != nil {
+		if _, _, _, err := a.prepare(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 		agents = append(agents, a)

@@ -118,7 +118,7 @@ func jobDefinition(sched Schedule) (gocron.JobDefinition, []gocron.JobOption, er
 func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 	var lastRequest int64
 	for ctx.Err() == nil {
-		rev, replaced, err := a.prepare(ctx)
+		anns, rev, replaced, err := a.prepare(ctx)
 		if replaced {
 			// A new session announces "starting", a promise that a cycle
 			// follows at once: keep it, so the agent's decision is known
@@ -150,14 +150,31 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 			case <-wctx.Done():
 			}
 		}()
-		err = a.board.WatchAnnouncements(wctx, rev, func(x coord.Announcement) {
+		leaderAsks := func(x coord.Announcement) {
 			if x.Leader && x.State == coord.StatePending && x.Member != self && x.Revision > lastRequest {
 				lastRequest = x.Revision
 				a.presence.asked(x.Revision)
 				a.log.Debug("the leader's agent asks followers to decide", "leader", fmt.Sprintf("%x", x.Member))
 				requestCycle()
 			}
-		})
+		}
+		// A request written before the watch's start is in the snapshot,
+		// not in the watch: answer it unless this agent has announced
+		// something since (make test-busy: a follower's agent whose watch
+		// began just after the leader asked never answered, and the
+		// leader's agent waited until --leader-wait-timeout).
+		var mine int64
+		for _, x := range anns {
+			if x.Lease == sess.Lease() {
+				mine = x.Revision
+			}
+		}
+		for _, x := range anns {
+			if x.Revision > mine {
+				leaderAsks(x)
+			}
+		}
+		err = a.board.WatchAnnouncements(wctx, rev, leaderAsks)
 		cancel()
 		if ctx.Err() == nil {
 			a.log.Debug("announcement watch ended; setting it up again", "err", err)
@@ -169,32 +186,33 @@ func (a *Agent) keepPresent(ctx context.Context, requestCycle func()) {
 }
 
 // prepare connects outside a cycle: it resolves the member and the cluster,
-// makes sure of the session and the announcement, and returns the revision to
-// watch from, and whether it started a session that replaces a lost one.
-func (a *Agent) prepare(ctx context.Context) (rev int64, replaced bool, err error) {
+// makes sure of the session and the announcement, and returns the
+// announcements and the revision to watch from, and whether it started a
+// session that replaces a lost one.
+func (a *Agent) prepare(ctx context.Context) (anns []coord.Announcement, rev int64, replaced bool, err error) {
 	a.cycle.Lock()
 	defer a.cycle.Unlock()
 	st, err := a.localStatus(ctx)
 	if err != nil {
-		return 0, false, err
+		return nil, 0, false, err
 	}
 	members, err := a.memberList(ctx)
 	if err != nil {
-		return 0, false, err
+		return nil, 0, false, err
 	}
 	if err := a.refreshCluster(st.ID, members); err != nil {
-		return 0, false, err
+		return nil, 0, false, err
 	}
 	// A learner takes no turns; a dry run writes nothing to etcd.
 	if !st.IsLearner && !a.cfg.DryRun {
 		if replaced, err = a.ensureSession(ctx, st); err != nil {
-			return 0, replaced, err
+			return nil, 0, replaced, err
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	_, rev, err = a.board.Announcements(ctx)
-	return rev, replaced, err
+	anns, rev, err = a.board.Announcements(ctx)
+	return anns, rev, replaced, err
 }
 
 // sleepCtx sleeps for d or until ctx ends; it reports whether it slept.
