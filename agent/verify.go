@@ -95,8 +95,12 @@ func (c *cycle) verify(ctx context.Context, peerHash <-chan hashResult) error {
 }
 
 // verifyYieldMax bounds how long the member's own hash waits for the next
-// turn to start.
-const verifyYieldMax = 5 * time.Second
+// turn to start: the next agent's checks take tens of milliseconds (a few
+// hundred at 7 members), and nothing else may wait on this agent longer — a
+// cluster that enters NOSPACE meanwhile freezes every announcement, and this
+// agent's next cycle may be the one to recover it (make bench P5 saw a
+// recovery 5 s late with a bound of 5 s).
+const verifyYieldMax = time.Second
 
 // yieldToNextTurn waits, up to verifyYieldMax, until the member's own hash
 // stalls no other agent's turn. HashKV holds the member's backend read

@@ -403,10 +403,10 @@ func (w *report) p3() {
 			c.Keys, kib(c.MinValue), kib(c.MaxValue), c.DeleteShare*100))
 	}
 	w.p("A %s quota, etcd compacting by itself (`%s`: every minute, to the revision of a minute ago), and a churn: %s. "+
-		"Each intensity runs on four 3-member clusters side by side for %v, all %d clusters at once; the operations are the same on every cluster of an intensity (one seed). "+
+		"Each intensity runs on %d 3-member clusters side by side (one per variant) for %v, all %d clusters at once; the operations are the same on every cluster of an intensity (one seed). "+
 		"Every member's Status is read every second. *in use, peak* is the highest `dbSizeInUse` of any member: the data and the history etcd keeps, "+
 		"which no defrag can take away.\n",
-		mib(q.Quota), q.Compaction, strings.Join(classes, "; "), q.Duration, 4*len(w.r.Quota))
+		mib(q.Quota), q.Compaction, strings.Join(classes, "; "), len(q.Variants), q.Duration, len(q.Variants)*len(w.r.Quota))
 	w.p("| churn | variant | NOSPACE alarms | first after | writes refused | defrags | peak dbSize / quota per member | in use, peak |\n|---|---|---|---|---|---|---|---|")
 	for _, q := range w.r.Quota {
 		for _, v := range q.Variants {
