@@ -125,7 +125,7 @@ func (c *cycle) run(ctx context.Context) error {
 	}
 	err = c.takeTurn(ctx)
 	if errors.Is(err, errNoSpaceRaised) {
-		c.log.Warn("NOSPACE alarm raised during the leader's wait; recovering")
+		c.log.Warn("NOSPACE alarm raised while waiting for the turn; recovering")
 		return c.recoverNoSpace(ctx)
 	}
 	return err

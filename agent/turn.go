@@ -221,8 +221,8 @@ const unlockRetryInterval = 250 * time.Millisecond
 // changes no watch reports (membership, leadership, alarms) are seen too.
 const leaderPoll = 2 * time.Second
 
-// errNoSpaceRaised ends the leader's wait when the cluster enters NOSPACE.
-var errNoSpaceRaised = errors.New("NOSPACE alarm raised while the leader's agent waited for the followers")
+// errNoSpaceRaised ends a turn's wait when the cluster enters NOSPACE.
+var errNoSpaceRaised = errors.New("NOSPACE alarm raised while waiting for the turn")
 
 // waitFollowers is the leader's wait: it returns once every voting follower
 // member has had its say. A follower is done when one of its agents has
@@ -283,27 +283,10 @@ func (c *cycle) waitFollowers(ctx context.Context) error {
 			c.log.Info("leader waits for followers", "followers_waiting", waiting, "followers_without_agent", absent)
 			logged = true
 		}
-		wctx, cancel := context.WithTimeout(ctx, min(c.turn.deadline.Sub(now), leaderPoll))
-		err = a.board.WaitChange(wctx, rev)
-		cancel()
-		if ctx.Err() != nil {
-			return c.skip(ReasonShutdown, ctx.Err())
+		if err := c.awaitChange(ctx, rev, "the leader's wait"); err != nil {
+			return err
 		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			c.log.Debug("watch during the leader's wait failed; polling", "err", err)
-		}
-		// Still the leader, and no NOSPACE?
-		st, err := a.localStatus(ctx)
-		if err != nil {
-			return c.unavailable(ctx, err)
-		}
-		c.observe(st)
-		if nospace, _ := st.alarms(); len(nospace) > 0 {
-			// The followers cannot announce anything now (a put), and
-			// this agent may be the one to recover: end the wait.
-			return errNoSpaceRaised
-		}
-		if !st.isLeader() {
+		if !c.st.isLeader() {
 			c.log.Info("member no longer leads: going as a follower")
 			c.turn.waited = true
 			return nil
@@ -552,14 +535,37 @@ func (c *cycle) waitNeedier(ctx context.Context) error {
 		case !a.now().Before(c.turn.deadline):
 			return c.skip(ReasonLeaderWait, fmt.Errorf("followers nearer their quota still in a turn after %v: %v", a.cfg.LeaderWaitTimeout, ahead))
 		}
-		wctx, cancel := context.WithTimeout(ctx, min(c.turn.deadline.Sub(a.now()), leaderPoll))
-		err = a.board.WaitChange(wctx, rev)
-		cancel()
-		if ctx.Err() != nil {
-			return c.skip(ReasonShutdown, ctx.Err())
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			c.log.Debug("watch while waiting for needier followers failed; polling", "err", err)
+		if err := c.awaitChange(ctx, rev, "the wait for needier followers"); err != nil {
+			return err
 		}
 	}
+}
+
+// awaitChange is one pause of a turn's waits (the leader's for the
+// followers, a follower's for needier ones): until the agents' keys change
+// after rev, leaderPoll passes or the turn's deadline comes; then a fresh
+// Status of the member. It ends the wait with errNoSpaceRaised when the
+// cluster has entered NOSPACE: no announcement can change any more, and
+// this agent may be the one to recover (make bench P5 saw a follower wait
+// for a needier one while it was itself first in the NOSPACE queue).
+func (c *cycle) awaitChange(ctx context.Context, rev int64, what string) error {
+	a := c.a
+	wctx, cancel := context.WithTimeout(ctx, min(c.turn.deadline.Sub(a.now()), leaderPoll))
+	err := a.board.WaitChange(wctx, rev)
+	cancel()
+	if ctx.Err() != nil {
+		return c.skip(ReasonShutdown, ctx.Err())
+	}
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		c.log.Debug("watch during "+what+" failed; polling", "err", err)
+	}
+	st, err := a.localStatus(ctx)
+	if err != nil {
+		return c.unavailable(ctx, err)
+	}
+	c.observe(st)
+	if nospace, _ := st.alarms(); len(nospace) > 0 {
+		return errNoSpaceRaised
+	}
+	return nil
 }
