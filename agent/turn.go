@@ -557,7 +557,7 @@ func (c *cycle) awaitChange(ctx context.Context, rev int64, what string) error {
 		return c.skip(ReasonShutdown, ctx.Err())
 	}
 	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		c.log.Debug("watch during "+what+" failed; polling", "err", err)
+		c.log.Debug("watch during a wait for the turn failed; polling", "wait", what, "err", err)
 	}
 	st, err := a.localStatus(ctx)
 	if err != nil {
