@@ -177,16 +177,12 @@ func (c *cycle) keepTrend(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
 	if !a.trend.isLoaded() {
-		rec, found, err := a.board.Trend(ctx, c.st.ID)
+		rec, _, err := a.board.Trend(ctx, c.st.ID) // none found: no samples
 		if err != nil {
 			c.log.Debug("cannot read the member's trend record", "err", err)
 			return
 		}
-		if found {
-			a.trend.merge(rec.Samples, a.now())
-		} else {
-			a.trend.merge(nil, a.now())
-		}
+		a.trend.merge(rec.Samples, a.now())
 	}
 	if a.cfg.DryRun {
 		return // a dry run writes nothing to etcd
