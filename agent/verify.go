@@ -16,6 +16,13 @@ import (
 // revision both have applied. The peer is hashed while the member
 // defragments; the member itself once its turn is over and the next turn
 // has started (yieldToNextTurn).
+//
+// The revision is the member's, read under the lock after the agent's own
+// announcements, so it is newer than every compaction etcd had then. It
+// must not be a compaction's revision: etcd (3.5.5 on) answers HashKV at
+// one from the hash it stored while compacting, before the defrag, and the
+// check would compare nothing of the defragmented file
+// (TestVerifyReadsTheDefraggedFile).
 
 // hashResult is a HashKV answer.
 type hashResult struct {

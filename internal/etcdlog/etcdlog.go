@@ -41,6 +41,19 @@ type Defrag struct {
 	// end entry logs it (current-db-size-bytes, 3.4 to 3.7); 0 when it was
 	// not logged.
 	SizeAfter int64
+	// SizeBefore is the file's size when the defrag started, as the start
+	// entry logs it (current-db-size-bytes); 0 when it was not logged.
+	SizeBefore int64
+}
+
+// Reclaimed is what the defrag gave back to the filesystem: the file's size
+// before less its size after; 0 while running or when either was not
+// logged.
+func (d Defrag) Reclaimed() int64 {
+	if d.Running() || d.SizeBefore == 0 || d.SizeAfter == 0 {
+		return 0
+	}
+	return d.SizeBefore - d.SizeAfter
 }
 
 // Running reports whether the defragmentation had not ended when d was

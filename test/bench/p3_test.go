@@ -67,8 +67,8 @@ type quotaVariant struct {
 // checking every 10 s and every other flag at its default, (d) the same
 // with a cooldown of 10 minutes, (e) the agents with a rule that also
 // forecasts (secondsToQuota). It records NOSPACE alarms, refused writes,
-// defrags, each member's peak dbSize/quota and the peak of the bytes in
-// use, and plots each member's dbSize over time per intensity.
+// defrags and what each reclaimed, each member's peak dbSize/quota and the
+// peak of the bytes in use, and plots each member's dbSize over time per intensity.
 func TestP3QuotaKeeping(t *testing.T) {
 	track(t)
 	t.Parallel()
@@ -130,6 +130,11 @@ func TestP3QuotaKeeping(t *testing.T) {
 	for _, r := range runs {
 		ds := r.c.Observer().Defrags()
 		r.qv.Name, r.qv.How, r.qv.Churn, r.qv.Defrags = r.v.name, r.v.how, r.churn, len(ds)
+		for _, d := range ds {
+			if b := d.Reclaimed(); b != 0 {
+				r.qv.Reclaimed = append(r.qv.Reclaimed, b)
+			}
+		}
 		r.phase.Name = fmt.Sprintf("%s — %s", r.v.name, cfg.p3Workloads[r.w].name)
 		r.phase.Defrags, r.phase.Quota = intervals(ds, ""), cfg.p3Quota
 		out[r.w].Variants = append(out[r.w].Variants, r.qv)

@@ -404,10 +404,10 @@ func (w *report) p3() {
 	}
 	w.p("A %s quota, etcd compacting by itself (`%s`: every minute, to the revision of a minute ago), and a churn: %s. "+
 		"Each intensity runs on %d 3-member clusters side by side (one per variant) for %v, all %d clusters at once; the operations are the same on every cluster of an intensity (one seed). "+
-		"Every member's Status is read every second. *in use, peak* is the highest `dbSizeInUse` of any member: the data and the history etcd keeps, "+
+		"Every member's Status is read every second. *reclaimed* is what the defrags gave back to the filesystem, by etcd's log lines (the file's size when a defrag started less its size when it ended). *in use, peak* is the highest `dbSizeInUse` of any member: the data and the history etcd keeps, "+
 		"which no defrag can take away.\n",
 		mib(q.Quota), q.Compaction, strings.Join(classes, "; "), len(q.Variants), q.Duration, len(q.Variants)*len(w.r.Quota))
-	w.p("| churn | variant | NOSPACE alarms | first after | writes refused | defrags | peak dbSize / quota per member | in use, peak |\n|---|---|---|---|---|---|---|---|")
+	w.p("| churn | variant | NOSPACE alarms | first after | writes refused | defrags | reclaimed per defrag, median (all) | peak dbSize / quota per member | in use, peak |\n|---|---|---|---|---|---|---|---|---|")
 	for _, q := range w.r.Quota {
 		for _, v := range q.Variants {
 			first := "–"
@@ -415,7 +415,11 @@ func (w *report) p3() {
 				first = v.FirstAlarm.Round(time.Second).String()
 			}
 			total := v.Churn.Puts + v.Churn.Deletes + v.Churn.NoSpace + v.Churn.Failed
-			w.p("| %s | %s | %d | %s | %d of %d | %d | %s | %.0f %% |", q.Name, v.Name, v.Alarms, first, v.Churn.NoSpace, total, v.Defrags, peaks(v.Peak), v.InUsePeak*100)
+			reclaimed := "–"
+			if len(v.Reclaimed) > 0 {
+				reclaimed = fmt.Sprintf("%s (%s)", mib(v.ReclaimedMedian()), mib(v.ReclaimedTotal()))
+			}
+			w.p("| %s | %s | %d | %s | %d of %d | %d | %s | %s | %.0f %% |", q.Name, v.Name, v.Alarms, first, v.Churn.NoSpace, total, v.Defrags, reclaimed, peaks(v.Peak), v.InUsePeak*100)
 		}
 	}
 	w.p("")

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -250,13 +251,37 @@ type QuotaVariant struct {
 	FirstAlarm time.Duration `json:"first_alarm_ns,omitempty"`
 	// Rejected counts the churn's writes refused with NOSPACE.
 	Churn ChurnStats `json:"churn"`
-	// Defrags counts defrags by the members' logs.
-	Defrags int `json:"defrags"`
+	// Defrags counts defrags by the members' logs; Reclaimed is what each
+	// gave back to the filesystem (the file's size before less after, by
+	// the same log lines).
+	Defrags   int     `json:"defrags"`
+	Reclaimed []int64 `json:"reclaimed_bytes,omitempty"`
 	// Peak is each member's highest dbSize/quota seen.
 	Peak map[string]float64 `json:"peak"`
 	// InUsePeak is the highest dbSizeInUse/quota of any member: what the
 	// data and the history etcd keeps took at their peak.
 	InUsePeak float64 `json:"in_use_peak"`
+}
+
+// ReclaimedMedian and ReclaimedTotal sum up Reclaimed: the median defrag's
+// and all of them together (0 without defrags).
+func (v QuotaVariant) ReclaimedMedian() int64 {
+	if len(v.Reclaimed) == 0 {
+		return 0
+	}
+	r := slices.Sorted(slices.Values(v.Reclaimed))
+	if n := len(r); n%2 == 0 {
+		return (r[n/2-1] + r[n/2]) / 2
+	}
+	return r[len(r)/2]
+}
+
+func (v QuotaVariant) ReclaimedTotal() int64 {
+	var sum int64
+	for _, b := range v.Reclaimed {
+		sum += b
+	}
+	return sum
 }
 
 // MaxPeak returns the highest peak over the members.

@@ -290,7 +290,7 @@ type logLine struct {
 	TS        string `json:"ts"`
 	Msg       string `json:"msg"`
 	Error     string `json:"error"`
-	SizeAfter int64  `json:"current-db-size-bytes"`
+	Size      int64  `json:"current-db-size-bytes"` // before (start entry), after (end entry)
 }
 
 // parseTS parses etcd's log timestamps: 3.4 writes milliseconds
@@ -377,7 +377,7 @@ func (o *Observer) logLine(m *Member, line string) {
 			o.defrags[i].End, o.defrags[i].Err = ts, "no end logged"
 		}
 		o.open[m.Name] = len(o.defrags)
-		o.defrags = append(o.defrags, Defrag{Member: m.Name, MemberID: m.ID, Start: ts})
+		o.defrags = append(o.defrags, Defrag{Member: m.Name, MemberID: m.ID, Start: ts, SizeBefore: l.Size})
 	default:
 		if !running {
 			// A failure before the backend took its locks: nothing was
@@ -385,7 +385,7 @@ func (o *Observer) logLine(m *Member, line string) {
 			return
 		}
 		delete(o.open, m.Name)
-		o.defrags[i].End, o.defrags[i].SizeAfter = ts, l.SizeAfter
+		o.defrags[i].End, o.defrags[i].SizeAfter = ts, l.Size
 		if l.Msg == msgDefragFailed {
 			o.defrags[i].Err = "failed: " + l.Error
 		}

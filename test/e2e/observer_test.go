@@ -255,3 +255,23 @@ func TestOrphans(t *testing.T) {
 		t.Errorf("exit state = %v, want killed", st)
 	}
 }
+
+// TestLogLineSizes: the sizes of a defrag as etcd 3.6 logs them, the file's
+// size in its start entry and in its end entry, give what it reclaimed.
+func TestLogLineSizes(t *testing.T) {
+	o := newObserver(&Cluster{LockPrefix: DefaultLockPrefix})
+	m := &Member{Name: "m0", ID: 1}
+	o.logLine(m, `{"level":"info","ts":"2026-12-06T02:40:00.000000Z","caller":"backend/backend.go:522","msg":"defragmenting","path":"/d/member/snap/db","current-db-size-bytes":67108864,"current-db-size":"67 MB","current-db-size-in-use-bytes":20971520,"current-db-size-in-use":"21 MB"}`)
+	o.logLine(m, `{"level":"info","ts":"2026-12-06T02:40:01.500000Z","caller":"backend/backend.go:593","msg":"finished defragmenting directory","path":"/d/member/snap/db","current-db-size-bytes-diff":-46137344,"current-db-size-bytes":20971520,"current-db-size":"21 MB","current-db-size-in-use-bytes-diff":0,"current-db-size-in-use-bytes":20971520,"current-db-size-in-use":"21 MB","took":"1.5s"}`)
+	ds := o.Defrags()
+	if len(ds) != 1 {
+		t.Fatalf("defrags = %v, want one", ds)
+	}
+	d := ds[0]
+	if d.SizeBefore != 67108864 || d.SizeAfter != 20971520 || d.Reclaimed() != 46137344 {
+		t.Errorf("sizes before %d, after %d, reclaimed %d; want 67108864, 20971520, 46137344", d.SizeBefore, d.SizeAfter, d.Reclaimed())
+	}
+	if d.Duration() != 1500*time.Millisecond {
+		t.Errorf("duration = %v, want 1.5s", d.Duration())
+	}
+}

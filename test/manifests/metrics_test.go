@@ -2,6 +2,7 @@ package manifests
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -85,8 +86,9 @@ func scrapeAgent(t *testing.T) agentScrape {
 		addr := freeAddr(t)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
+		// With --data-dir the agent exports disk_free_bytes too.
 		cmd := exec.CommandContext(ctx, bin, "--endpoints", "127.0.0.1:1", "--web.listen-address", addr,
-			"--schedule", "@every 1h", "--log.level", "error")
+			"--schedule", "@every 1h", "--log.level", "error", "--data-dir", os.TempDir())
 		if err := cmd.Start(); err != nil {
 			scraped.err = err.Error()
 			return
