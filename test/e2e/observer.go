@@ -287,10 +287,10 @@ func gauge(page []byte, name string) (one, found bool) {
 
 // logLine is the part of an etcd JSON log line the observer reads.
 type logLine struct {
-	TS        string `json:"ts"`
-	Msg       string `json:"msg"`
-	Error     string `json:"error"`
-	Size      int64  `json:"current-db-size-bytes"` // before (start entry), after (end entry)
+	TS    string `json:"ts"`
+	Msg   string `json:"msg"`
+	Error string `json:"error"`
+	Size  int64  `json:"current-db-size-bytes"` // before (start entry), after (end entry)
 }
 
 // parseTS parses etcd's log timestamps: 3.4 writes milliseconds
