@@ -13,7 +13,7 @@ const (
 	ReasonDryRun           Reason = "dry_run"           // --dry-run: decided, did nothing
 	ReasonNoSpaceElsewhere Reason = "nospace_elsewhere" // NOSPACE: another agent is bringing the cluster back
 
-	// Needed, but blocked: --once exits 1.
+	// Needed, but blocked: --once exits 1 (all but shutdown).
 	ReasonQuorum       Reason = "quorum_at_risk"        // fewer than 3 voting members and no --allow-quorum-loss
 	ReasonLeaderWait   Reason = "leader_wait_timeout"   // the leader waited --leader-wait-timeout for followers
 	ReasonLockTimeout  Reason = "lock_timeout"          // the lock was not free within --lock-timeout
