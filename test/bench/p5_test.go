@@ -3,13 +3,10 @@
 package bench
 
 import (
-	"context"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
@@ -57,11 +54,7 @@ func noSpaceRun(t *testing.T, quota int64) NSRun {
 			t.Fatal(err)
 		}
 	}
-	// Every agent joins the NOSPACE queue while the cluster is writable.
-	if err := obs.Wait(ctx, "every agent in the NOSPACE queue", func() bool {
-		resp, err := cli.Get(ctx, c.LockPrefix+"nospace/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		return err == nil && resp.Count == int64(len(agents))
-	}); err != nil {
+	if err := c.WaitNoSpaceQueue(ctx, len(agents)); err != nil {
 		t.Fatal(err)
 	}
 	n := len(obs.Defrags())
@@ -72,7 +65,7 @@ func noSpaceRun(t *testing.T, quota int64) NSRun {
 		t.Fatal(err)
 	}
 	raised := time.Now()
-	if err := waitWritable(ctx, cli); err != nil {
+	if err := e2e.WaitWritable(ctx, cli); err != nil {
 		t.Fatal(err)
 	}
 	writable := time.Now()
@@ -84,20 +77,4 @@ func noSpaceRun(t *testing.T, quota int64) NSRun {
 	t.Logf("NOSPACE after %d writes of %d KiB; writable %v after the alarm, %v after the first defrag; defrags %v (sum %v)",
 		writes, valueSize>>10, run.Writable.Round(time.Millisecond), run.FromFirst.Round(time.Millisecond), ds, run.DefragSum().Round(time.Millisecond))
 	return run
-}
-
-// waitWritable puts a probe key every 20 ms until a put succeeds (as the
-// e2e scenario F5 does). ctx bounds the wait.
-func waitWritable(ctx context.Context, cli *clientv3.Client) error {
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, putErr := cli.Put(pctx, e2e.HarnessPrefix+"probe", "ok")
-		cancel()
-		if putErr == nil {
-			return nil
-		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
-			return fmt.Errorf("the cluster is not writable again: %w (last put: %w)", err, putErr)
-		}
-	}
 }

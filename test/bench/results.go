@@ -263,8 +263,8 @@ type QuotaVariant struct {
 	InUsePeak float64 `json:"in_use_peak"`
 }
 
-// ReclaimedMedian and ReclaimedTotal sum up Reclaimed: the median defrag's
-// and all of them together (0 without defrags).
+// ReclaimedMedian is what the median defrag of Reclaimed gave back (0
+// without defrags).
 func (v QuotaVariant) ReclaimedMedian() int64 {
 	if len(v.Reclaimed) == 0 {
 		return 0
@@ -276,6 +276,7 @@ func (v QuotaVariant) ReclaimedMedian() int64 {
 	return r[len(r)/2]
 }
 
+// ReclaimedTotal is what the defrags of Reclaimed gave back together.
 func (v QuotaVariant) ReclaimedTotal() int64 {
 	var sum int64
 	for _, b := range v.Reclaimed {

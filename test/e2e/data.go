@@ -70,6 +70,32 @@ func (c *Cluster) Compact(ctx context.Context, rev int64) error {
 	return nil
 }
 
+// WaitWritable puts a probe key every 20 ms until a put succeeds. ctx
+// bounds the wait.
+func WaitWritable(ctx context.Context, cli *clientv3.Client) error {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, putErr := cli.Put(pctx, HarnessPrefix+"probe", "ok")
+		cancel()
+		if putErr == nil {
+			return nil
+		}
+		if err := pause(ctx, 20*time.Millisecond); err != nil {
+			return fmt.Errorf("the cluster is not writable again: %w (last put: %w)", err, putErr)
+		}
+	}
+}
+
+// WaitNoSpaceQueue waits until n agents have joined the NOSPACE queue,
+// which they do in advance, while the cluster is writable.
+func (c *Cluster) WaitNoSpaceQueue(ctx context.Context, n int) error {
+	cli := c.Client()
+	return c.Observer().Wait(ctx, fmt.Sprintf("%d agents in the NOSPACE queue", n), func() bool {
+		resp, err := cli.Get(ctx, c.LockPrefix+"nospace/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == int64(n)
+	})
+}
+
 // FillUntilNoSpace overwrites keys Prefix0..Prefix<keys-1> with values of
 // valueSize bytes, round and round with 4 writers, until etcd refuses a
 // write with NOSPACE ("database space exceeded"). The history fills the

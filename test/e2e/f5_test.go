@@ -3,15 +3,12 @@
 package e2e
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"testing"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // f5Quota is the members' --quota-backend-bytes in TestF5NoSpace.
@@ -42,11 +39,7 @@ func TestF5NoSpace(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// Every agent joins the NOSPACE queue while the cluster is writable.
-		if err := obs.Wait(ctx, "every agent in the NOSPACE queue", func() bool {
-			resp, err := cli.Get(ctx, c.LockPrefix+"nospace/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-			return err == nil && resp.Count == int64(len(agents))
-		}); err != nil {
+		if err := c.WaitNoSpaceQueue(ctx, len(agents)); err != nil {
 			t.Fatal(err)
 		}
 		n := len(obs.Defrags())
@@ -63,7 +56,7 @@ func TestF5NoSpace(t *testing.T) {
 		writable := make(chan error, 1)
 		var writableAt time.Time
 		go func() {
-			err := waitWritable(ctx, cli)
+			err := WaitWritable(ctx, cli)
 			writableAt = time.Now()
 			writable <- err
 		}()
@@ -123,20 +116,4 @@ func TestF5NoSpace(t *testing.T) {
 			t.Errorf("put after the recovery: %v", err)
 		}
 	})
-}
-
-// waitWritable puts a probe key every 20 ms until a put succeeds. ctx
-// bounds the wait.
-func waitWritable(ctx context.Context, cli *clientv3.Client) error {
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, putErr := cli.Put(pctx, HarnessPrefix+"probe", "ok")
-		cancel()
-		if putErr == nil {
-			return nil
-		}
-		if err := pause(ctx, 20*time.Millisecond); err != nil {
-			return fmt.Errorf("the cluster is not writable again: %w (last put: %w)", err, putErr)
-		}
-	}
 }
