@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"slices"
 	"sync"
 	"time"
 )
@@ -266,14 +265,11 @@ type QuotaVariant struct {
 // ReclaimedMedian is what the median defrag of Reclaimed gave back (0
 // without defrags).
 func (v QuotaVariant) ReclaimedMedian() int64 {
-	if len(v.Reclaimed) == 0 {
-		return 0
+	xs := make([]float64, len(v.Reclaimed))
+	for i, b := range v.Reclaimed {
+		xs[i] = float64(b)
 	}
-	r := slices.Sorted(slices.Values(v.Reclaimed))
-	if n := len(r); n%2 == 0 {
-		return (r[n/2-1] + r[n/2]) / 2
-	}
-	return r[len(r)/2]
+	return int64(Median(xs))
 }
 
 // ReclaimedTotal is what the defrags of Reclaimed gave back together.
