@@ -24,11 +24,12 @@ type cycle struct {
 	members []*pb.Member // latest member list
 
 	// What decide found: this member's last-defrag record, the forecast
-	// duration of a defrag now, and the free bytes of the data directory's
-	// filesystem (-1 when not measured).
+	// duration of a defrag now, the free bytes of the data directory's
+	// filesystem (-1 when not measured), and the plan of the HashKV check.
 	last     *coord.Last
 	expected time.Duration
 	diskFree int64
+	check    checkPlan // where the HashKV check after the defrag hashes
 
 	turn turn // the leader's wait and the lock
 }

@@ -32,6 +32,10 @@ func (c *cycle) decide(ctx context.Context) (ok bool, err error) {
 	}
 	delete(recs, c.st.ID)
 	c.measure(recs)
+	c.check = checkPlan{rev: c.st.Revision}
+	if !a.cfg.Compaction { // a compaction before the defrag changes what a recorded hash covers
+		c.check = planCheck(recs, voters(c.members), c.st, a.now())
+	}
 
 	if inCooldown(c.last, a.now(), a.cfg.Cooldown) {
 		return false, c.skip(ReasonCooldown, nil)

@@ -93,6 +93,44 @@ func TestNextTurnStarted(t *testing.T) {
 	}
 }
 
+// TestPlanCheck: where the HashKV check of member 0xa's defrag (at
+// revision 500 now) hashes, from the other members' last-defrag records: at
+// the revision of the newest check of the round, compared with the hash of
+// the member that made it, or at its own revision with a peer hashed during
+// the defrag.
+func TestPlanCheck(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	st := memberStatus{ID: 0xa, Leader: 0xc, Revision: 500}
+	voting := []*pb.Member{{ID: 0xa, ClientURLs: []string{"a"}}, {ID: 0xb, ClientURLs: []string{"b"}}, {ID: 0xc, ClientURLs: []string{"c"}}}
+	rec := func(verify string, rev int64, ago time.Duration) coord.Last {
+		return coord.Last{End: now.Add(-ago), Verify: verify, Check: &coord.Check{Revision: rev}}
+	}
+	tests := []struct {
+		name   string
+		others map[uint64]coord.Last
+		voting []*pb.Member
+		want   checkPlan
+	}{
+		{"first of the round", nil, voting, checkPlan{rev: 500}},
+		{"the member before still checks", map[uint64]coord.Last{0xb: rec(coord.VerifyPending, 400, 2*time.Second)}, voting, checkPlan{rev: 400, ref: 0xb}},
+		{"the member before passed", map[uint64]coord.Last{0xb: rec(coord.VerifyOK, 400, time.Minute)}, voting, checkPlan{rev: 400, ref: 0xb}},
+		{"the newest of two", map[uint64]coord.Last{
+			0xb: rec(coord.VerifyOK, 400, time.Minute), 0xc: rec(coord.VerifyPending, 300, time.Second)}, voting, checkPlan{rev: 300, ref: 0xc}},
+		{"its check failed", map[uint64]coord.Last{0xb: rec(coord.VerifyFailed, 400, time.Second)}, voting, checkPlan{rev: 500}},
+		{"a failed newest, a passed older", map[uint64]coord.Last{
+			0xb: rec(coord.VerifyOK, 400, time.Minute), 0xc: rec(coord.VerifyFailed, 450, time.Second)}, voting, checkPlan{rev: 400, ref: 0xb}},
+		{"an earlier round", map[uint64]coord.Last{0xb: rec(coord.VerifyOK, 400, referenceMaxAge+time.Second)}, voting, checkPlan{rev: 500}},
+		{"no check (verification off)", map[uint64]coord.Last{0xb: {End: now.Add(-time.Second)}}, voting, checkPlan{rev: 500}},
+		{"a revision this member has not applied", map[uint64]coord.Last{0xb: rec(coord.VerifyPending, 501, time.Second)}, voting, checkPlan{rev: 500}},
+		{"a member no longer voting", map[uint64]coord.Last{0xb: rec(coord.VerifyOK, 400, time.Second)}, []*pb.Member{voting[0], voting[2]}, checkPlan{rev: 500}},
+	}
+	for _, tt := range tests {
+		if got := planCheck(tt.others, tt.voting, st, now); got != tt.want {
+			t.Errorf("%s: planCheck = %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+}
+
 // TestNeedier: which followers in a turn go before member 0xa, whose file is
 // at 60 % of its quota with 100 bytes to reclaim.
 func TestNeedier(t *testing.T) {

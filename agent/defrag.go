@@ -152,8 +152,9 @@ func defragOutcome(d defragDone, endpoint string, shrank bool, defragTimeout tim
 // defragment is the turn itself: announce and mark the member in flight
 // (fenced by the lock), renew the lease, defragment and wait until the
 // member answers again. Then record the defrag and release the lock in one
-// transaction, and verify the result off the turn: the peer's hash was
-// computed while the member defragmented, only the member's own remains.
+// transaction, and verify the result off the turn: the reference hash was
+// computed while the member defragmented (a peer's, by the first of a
+// round, or the member before's own), only the member's own remains.
 func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	a := c.a
 	sess := a.presence.session()
@@ -169,9 +170,13 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	// whatever happens to this request.
 	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), rec.Deadline)
 	defer cancel()
-	var peerHash <-chan hashResult
+	var peer *pb.Member
+	var during <-chan hashResult // the peer's hash, when the check takes one
 	if a.cfg.VerifyHashKV {
-		peerHash = c.hashPeer(dctx, c.st.Revision)
+		peer = c.checkPeer()
+	}
+	if peer != nil && c.check.ref == 0 {
+		during = c.hashPeer(dctx, peer, c.check.rev)
 	}
 	c.log.Info("defragmenting", "endpoint", c.st.Endpoint, "is_leader", c.st.isLeader(),
 		"db_size_bytes", c.st.DBSize, "db_size_in_use_bytes", c.st.DBSizeInUse,
@@ -195,7 +200,7 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 	a.metrics.defragDuration.Observe(took.Seconds())
 	c.rep.DefragSeconds = took.Seconds()
 
-	out, leave, result := c.outcome(dctx, d, start, end, peerHash != nil)
+	out, leave, result := c.outcome(dctx, d, start, end, peer != nil)
 	if leave {
 		// The member did not come back in time. Leave the in-flight record:
 		// the next lock holder waits for this member before anything else.
@@ -206,8 +211,8 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 		"db_size_bytes", c.st.DBSize, "reclaimed_bytes", c.rep.Reclaimed)
 	lastRev := c.record(dctx, m, recRev, out)
 	label := out.Result
-	if result == nil && peerHash != nil {
-		if result = c.verifyRecorded(dctx, peerHash, lastRev, out); result != nil {
+	if result == nil && peer != nil {
+		if result = c.verifyRecorded(dctx, peer, during, lastRev, out); result != nil {
 			label = resultVerifyFailed
 		}
 	}
@@ -285,7 +290,7 @@ func (c *cycle) outcome(ctx context.Context, d defragDone, start, end time.Time,
 		out.Result, out.LastSuccess = resultSuccess, end
 		out.CopyRates = withRate(out.CopyRates, c.st.DBSizeInUse, end.Sub(start))
 		if verify {
-			out.Verify = coord.VerifyPending
+			out.Verify, out.Check = coord.VerifyPending, &coord.Check{Revision: c.check.rev}
 		}
 		return out, false, nil
 	case ReasonPermission:
@@ -299,10 +304,10 @@ func (c *cycle) outcome(ctx context.Context, d defragDone, start, end time.Time,
 // and updates the last/ record written at lastRev with the verdict. It
 // returns the cycle's error when the hashes differ or the check could not be
 // made.
-func (c *cycle) verifyRecorded(ctx context.Context, peerHash <-chan hashResult, lastRev int64, out coord.Last) error {
-	err := c.verify(ctx, peerHash)
+func (c *cycle) verifyRecorded(ctx context.Context, peer *pb.Member, during <-chan hashResult, lastRev int64, out coord.Last) error {
+	chk, err := c.verify(ctx, peer, during)
 	if err == nil {
-		out.Verify = coord.VerifyOK
+		out.Verify, out.Check = coord.VerifyOK, &chk
 		c.updateRecord(ctx, lastRev, out)
 		return nil
 	}

@@ -491,6 +491,41 @@ func TestVerifyHashMismatch(t *testing.T) {
 	checkEachOnce(t, c.Defrags(), fs[:1])
 }
 
+// TestVerifyMismatchWithTheRecordedHash: the second member of a round is
+// compared with the hash the first recorded after its defrag; when its own
+// HashKV differs (altered on its way to the agent), the cycle fails with
+// hash_mismatch, naming both members.
+func TestVerifyMismatchWithTheRecordedHash(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fs := followers(t, c)
+	if err := newTestAgent(t, c, fs[0], "true").RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	self := strings.TrimPrefix(fs[1].ClientURL, "http://")
+	var altered atomic.Int64
+	corrupt := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		var p grpcpeer.Peer
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+		if r, ok := reply.(*pb.HashKVResponse); ok && err == nil && p.Addr != nil && p.Addr.String() == self {
+			r.Hash++
+			altered.Add(1)
+		}
+		return err
+	}
+	err := newTestAgent(t, c, fs[1], "true", withLocalInterceptor(corrupt)).RunOnce(t.Context())
+	if got := ReasonOf(err); got != ReasonHashMismatch {
+		t.Fatalf("reason = %q, want %q (err %v)", got, ReasonHashMismatch, err)
+	}
+	if n := altered.Load(); n != 1 {
+		t.Errorf("the member was hashed %d times, want once (against the recorded hash, no peer hashed)", n)
+	}
+	for _, m := range fs[:2] {
+		if !strings.Contains(err.Error(), fmt.Sprintf("member %x has", m.ID)) {
+			t.Errorf("error %q does not name member %x", err, m.ID)
+		}
+	}
+}
+
 // TestVerifyReadsTheDefraggedFile: etcd keeps the hash of every recent
 // compaction's revision and answers HashKV at such a revision from memory
 // (mvcc hashStorage.HashByRev, etcd 3.5.5 on), so a check at that revision
@@ -521,6 +556,89 @@ func TestVerifyReadsTheDefraggedFile(t *testing.T) {
 	}
 	if scans := hashScans(t) - before; scans < 2 {
 		t.Errorf("etcd scanned its key space for HashKV %d times during the cycle, want 2 (the peer's hash and the member's own): the check compared hashes stored at the compaction", scans)
+	}
+}
+
+// TestRoundHashesEachMemberOnce: in a round the members after the first
+// are hashed at the first one's check revision and compared with the hash
+// the member before them recorded, so etcd scans its key space n+1 times
+// for HashKV (each member once after its defrag, and one peer during the
+// first defrag), not 2n; every check passes, at one revision.
+func TestRoundHashesEachMemberOnce(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	before := hashScans(t)
+	var agents []*testAgent
+	for _, m := range c.Members() {
+		agents = append(agents, newTestAgent(t, c, m, "true", withConfig(func(c *Config) { c.Once = true })))
+	}
+	for i, err := range runAll(t.Context(), agents...) {
+		if err != nil {
+			t.Fatalf("agent of %s: %v", agents[i].member.Name, err)
+		}
+	}
+	keys := coord.NewKeys(testPrefix)
+	var rev int64
+	for _, m := range c.Members() {
+		rec, found, err := coord.Get[coord.Last](t.Context(), c.ClientT(t), keys.Last(m.ID))
+		if err != nil || !found {
+			t.Fatalf("last record of %s: found %v, err %v", m.Name, found, err)
+		}
+		l := rec.Value
+		if l.Verify != coord.VerifyOK || l.Check == nil {
+			t.Fatalf("%s: verify %q, check %+v; want %q with the check's revision and hash", m.Name, l.Verify, l.Check, coord.VerifyOK)
+		}
+		if rev != 0 && l.Check.Revision != rev {
+			t.Errorf("%s hashed at revision %d, another member at %d: want one revision for the round", m.Name, l.Check.Revision, rev)
+		}
+		rev = l.Check.Revision
+	}
+	if scans, want := hashScans(t)-before, uint64(len(c.Members())+1); scans != want {
+		t.Errorf("etcd scanned its key space for HashKV %d times in the round, want %d (each member once, one peer during the first defrag)", scans, want)
+	}
+}
+
+// TestCheckAtACompactedRevision: a compaction lands exactly on the revision
+// the round's checks share, after the first member's check and before the
+// next member's. etcd then answers HashKV there from the hash it stored
+// while compacting — before that member's defrag —, and it matches the
+// first member's hash; the check must see the compaction and hash both
+// members again at a fresh revision.
+func TestCheckAtACompactedRevision(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	fs := followers(t, c)
+	keys := coord.NewKeys(testPrefix)
+	cli := c.ClientT(t)
+	check := func(m *etcdtest.Member) coord.Check {
+		t.Helper()
+		a := newTestAgent(t, c, m, "true", withConfig(func(c *Config) { c.Once = true }))
+		if err := a.RunOnce(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		rec, found, err := coord.Get[coord.Last](t.Context(), cli, keys.Last(m.ID))
+		if err != nil || !found {
+			t.Fatalf("last record of %s: found %v, err %v", m.Name, found, err)
+		}
+		if rec.Value.Verify != coord.VerifyOK || rec.Value.Check == nil {
+			t.Fatalf("%s: verify %q, check %+v; want %q", m.Name, rec.Value.Verify, rec.Value.Check, coord.VerifyOK)
+		}
+		return *rec.Value.Check
+	}
+	first := check(fs[0])
+	if _, err := cli.Compact(t.Context(), first.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitCompacted(t.Context(), first.Revision); err != nil {
+		t.Fatal(err)
+	}
+	before := hashScans(t)
+	second := check(fs[1])
+	if second.Revision <= first.Revision {
+		t.Errorf("%s's check at revision %d, compacted meanwhile; want a fresh revision above it", fs[1].Name, second.Revision)
+	}
+	if scans := hashScans(t) - before; scans < 2 {
+		t.Errorf("etcd scanned its key space for HashKV %d times during the second check, want 2 (both members at a fresh revision)", scans)
 	}
 }
 

@@ -49,9 +49,24 @@ type Last struct {
 	// of the turn until the check ends, then VerifyOK or VerifyFailed; empty
 	// when it is off or the defrag failed.
 	Verify string `json:"verify,omitempty"`
+	// Check is where the HashKV check hashes the member (see Check); nil
+	// when the check is off or the defrag failed.
+	Check *Check `json:"check,omitempty"`
 	// CopyRates are the in-use bytes per second that the member's last
 	// successful defrags copied, the newest last.
 	CopyRates []float64 `json:"copy_rates_bytes_per_second,omitempty"`
+}
+
+// Check is the HashKV check of a defrag: the revision the member is hashed
+// at and, once the check passed (Verify is VerifyOK), the member's hash
+// there and the compact revision etcd hashed under. The members that
+// defragment after it in the same round hash themselves at the same
+// revision and compare with this hash, so a round hashes each member once,
+// plus one peer for the first.
+type Check struct {
+	Revision        int64  `json:"revision"`
+	CompactRevision int64  `json:"compact_revision,omitempty"`
+	Hash            uint32 `json:"hash,omitempty"`
 }
 
 // Trend is trend/<member>: a few samples of the member's sizes and Raft
@@ -167,6 +182,12 @@ func (b *Board) WatchAnnouncements(ctx context.Context, rev int64, fn func(Annou
 // Last reads member's last-defrag record; found is false when there is none.
 func (b *Board) Last(ctx context.Context, member uint64) (rec Record[Last], found bool, err error) {
 	return Get[Last](ctx, b.cli, b.keys.Last(member))
+}
+
+// WaitLastChange blocks until member's last-defrag record is written or
+// deleted after revision rev, or ctx ends.
+func (b *Board) WaitLastChange(ctx context.Context, member uint64, rev int64) error {
+	return WaitChange(ctx, b.cli, b.keys.Last(member), rev)
 }
 
 // Lasts reads every member's last-defrag record, by member. Records that do

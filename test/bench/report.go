@@ -219,11 +219,11 @@ func (w *report) p1() {
 		"(from the last defrag's end to the last exit). A handoff is *answer* (the member answers a read again, and its Status after the defrag, " +
 		"until the agent logs `defragmented`), *release* (the record, the announcement and the lock's release in one transaction, until the next agent logs `lock taken`: its lock watch, or the leader's wait for the followers), " +
 		"*checks* (fresh Status, member list, last records, rule, health gate — a linearizable read on every member and the leader's Status —, announcement, fenced in-flight record, lease renewal) " +
-		"and *dispatch* (until etcd logs the start). The HashKV check is off the handoffs: the peer is hashed while the member defragments, the member itself after the lock is released, " +
-		"once the next member's defrag has started (a hash holds the member's backend read transaction for its whole scan, so nothing is applied there meanwhile, and the next agent's checks read through every member). " +
+		"and *dispatch* (until etcd logs the start). The HashKV check is off the handoffs: the first member of the round hashes a peer while it defragments, every member hashes itself after the lock is released, " +
+		"once the next member's defrag has started, and compares with the hash the member before it recorded at the round's revision (the first: with its peer's) (a hash holds the member's backend read transaction for its whole scan, so nothing is applied there meanwhile, and the next agent's checks read through every member). " +
 		"The tail is the last member's answer, then record and release, its own HashKV, session end and exit. " +
 		"*slower defrags* is the defrags minus the floor's defrags in the same run: here every member and every agent shares two cores, " +
-		"so the hashes of other members (the peer's, the previous member's) take CPU from the defrag; members on machines of their own do not share it.\n")
+		"so the hash of another member (the first member's peer, or the previous member) takes CPU from the defrag; members on machines of their own do not share it.\n")
 	w.p("| members | data | round | defrags | slower defrags | overhead | start | handoffs | answer | release | checks | dispatch | tail (answer) |")
 	w.p("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, rc := range sortedRounds(r.Rounds) {
