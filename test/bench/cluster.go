@@ -20,24 +20,17 @@ import (
 	"github.com/etcd-defrag-agent/etcd-defrag-agent/test/e2e"
 )
 
-// noGaugeSampling is appended to every member's command line. The e2e
-// observer scrapes every member's /metrics every 20 ms to judge I1 from the
-// inflight gauges; a scrape costs etcd about 3.6 ms of CPU, so three
-// members take a quarter of a two-core machine and seven members more than
-// half of it — a load that would be measured along with the agents. etcd
-// keeps the last --listen-metrics-urls, so the members serve their metrics
-// on a port nobody scrapes, the observer's scrapes fail at once (connection
-// refused), and the observer judges I1 from the members' log lines alone,
-// which are also where the defrag intervals measured here come from.
-const noGaugeSampling = "--listen-metrics-urls=http://127.0.0.1:0"
-
 // newCluster starts a cluster for a benchmark: etcd of the line under test,
-// members members, the observer's gauge sampling off (see noGaugeSampling).
+// members members, the observer's gauge sampling off: it would cost the
+// members a quarter of this machine's two cores at three members, more than
+// half at seven, a load measured along with the agents; the observer judges
+// I1 from the members' log lines, where the defrag intervals measured here
+// also come from.
 func newCluster(t testing.TB, members int, quota int64, extra ...string) *e2e.Cluster {
 	t.Helper()
 	return e2e.NewCluster(t, e2e.ClusterOptions{
 		Line: etcdLine(), Members: members, QuotaBackendBytes: quota,
-		ExtraArgs: append(extra, noGaugeSampling),
+		ExtraArgs: extra, NoGaugeSampling: true,
 	})
 }
 

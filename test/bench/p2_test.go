@@ -48,7 +48,7 @@ func TestP2ClientImpact(t *testing.T) {
 	ct := &tolerateI1{TB: t}
 	c := e2e.NewCluster(ct, e2e.ClusterOptions{
 		Line: etcdLine(), Members: cfg.p2Members,
-		ExtraArgs: []string{stopGRPCOnDefrag(etcdLine()), noGaugeSampling},
+		ExtraArgs: []string{stopGRPCOnDefrag(etcdLine())}, NoGaugeSampling: true,
 	})
 	ctx := within(t, 15*time.Minute)
 	keys := cfg.p2DataMiB * (1 << 20) / p1ValueSize

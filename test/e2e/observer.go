@@ -157,7 +157,9 @@ func (o *Observer) start(ctx context.Context) error {
 	o.started = true
 	o.mu.Unlock()
 	for _, m := range o.c.members {
-		o.wg.Go(func() { o.sample(m) })
+		if !o.c.opts.NoGaugeSampling {
+			o.wg.Go(func() { o.sample(m) })
+		}
 		o.wg.Go(func() { o.tail(m) })
 	}
 	o.wg.Go(func() { o.watch(cli, resp.Header.Revision) })
