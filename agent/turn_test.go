@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -489,6 +490,47 @@ func TestVerifyHashMismatch(t *testing.T) {
 		t.Errorf("last record result = %q, want %q", rec.Value.Result, resultVerifyFailed)
 	}
 	checkEachOnce(t, c.Defrags(), fs[:1])
+}
+
+// TestCheckWithoutItsReference: the member before in the round recorded
+// its check pending and never finished it (its agent died). The next
+// member's check waits for it no longer than referenceWaitMin (its own
+// defrag is short here), then hashes itself and that member again, and
+// passes.
+func TestCheckWithoutItsReference(t *testing.T) {
+	c := newCluster(t, etcdtest.Options{})
+	fill(t, c, etcddata.FillOptions{Keys: 2000, ValueSize: 512, Garbage: 0.5})
+	fs := followers(t, c)
+	cli := c.ClientT(t)
+	// A revision above the fill's compaction, as a check's always is.
+	resp, err := cli.Put(t.Context(), "/after-the-compaction", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := coord.NewKeys(testPrefix)
+	rev := resp.Header.Revision
+	dead, err := json.Marshal(coord.Last{Member: fmt.Sprintf("%x", fs[0].ID), Start: time.Now(), End: time.Now(), Result: resultSuccess,
+		Verify: coord.VerifyPending, Check: &coord.Check{Revision: rev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(t.Context(), keys.Last(fs[0].ID), string(dead)); err != nil {
+		t.Fatal(err)
+	}
+	before := hashScans(t)
+	if err := newTestAgent(t, c, fs[1], "true").RunOnce(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rec, found, err := coord.Get[coord.Last](t.Context(), cli, keys.Last(fs[1].ID))
+	if err != nil || !found {
+		t.Fatalf("last record: found %v, err %v", found, err)
+	}
+	if l := rec.Value; l.Verify != coord.VerifyOK || l.Check == nil || l.Check.Revision != rev {
+		t.Errorf("verify %q, check %+v; want %q at the round's revision %d", l.Verify, l.Check, coord.VerifyOK, rev)
+	}
+	if scans := hashScans(t) - before; scans != 2 {
+		t.Errorf("etcd scanned its key space for HashKV %d times during the check, want 2 (the member and the one before, again)", scans)
+	}
 }
 
 // TestVerifyMismatchWithTheRecordedHash: the second member of a round is

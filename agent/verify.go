@@ -114,15 +114,18 @@ func (c *cycle) hashPeer(ctx context.Context, peer *pb.Member, rev int64) <-chan
 	return out
 }
 
-// referenceWaitMax bounds how long the check waits for the hash of the
-// member that went before: that member hashes itself while this one
-// defragments, so the hash is almost always there when this defrag ends.
-const referenceWaitMax = time.Minute
+// referenceWaitMin is the least the check waits for the hash of the member
+// that went before (see recordedHash).
+const referenceWaitMin = 10 * time.Second
 
-// recordedHash waits, up to referenceWaitMax, until the check of member
-// c.check.ref ends, and yields the hash it recorded at c.check.rev.
-func (c *cycle) recordedHash(ctx context.Context) hashResult {
-	ctx, cancel := context.WithTimeout(ctx, referenceWaitMax)
+// recordedHash waits until the check of member c.check.ref ends, and yields
+// the hash it recorded at c.check.rev. That member hashes itself once this
+// one's defrag has started, and a hash reads what a defrag copies and
+// writes, so the wait is bounded by this member's defrag (took), and at
+// least referenceWaitMin: an agent that died before recording its hash
+// costs the check no more.
+func (c *cycle) recordedHash(ctx context.Context, took time.Duration) hashResult {
+	ctx, cancel := context.WithTimeout(ctx, max(referenceWaitMin, took))
 	defer cancel()
 	r := hashResult{id: c.check.ref}
 	for {
@@ -162,7 +165,7 @@ func (c *cycle) verify(ctx context.Context, peer *pb.Member, during <-chan hashR
 	if during != nil {
 		ref = <-during
 	} else {
-		ref = c.recordedHash(ctx)
+		ref = c.recordedHash(ctx, time.Duration(c.rep.DefragSeconds*float64(time.Second)))
 	}
 	c.yieldToNextTurn(ctx)
 	rev := c.check.rev
