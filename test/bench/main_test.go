@@ -279,21 +279,24 @@ func gitDescribe(root string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// track records a failed benchmark in the results, so the report says so,
-// and the load average at its start and end.
+// track records whether a benchmark failed in the results, so the report
+// says so (a merged run that passes it clears the failure of the run it
+// merges into), and the load average at its start and end.
 func track(t *testing.T) {
 	benchmarksRan.Store(true)
 	noteLoad()
 	t.Cleanup(func() {
 		noteLoad()
-		if t.Failed() {
-			results.Update(func(r *Results) {
-				if r.Failed == nil {
-					r.Failed = map[string]bool{}
-				}
-				r.Failed[t.Name()] = true
-			})
-		}
+		results.Update(func(r *Results) {
+			if !t.Failed() {
+				delete(r.Failed, t.Name())
+				return
+			}
+			if r.Failed == nil {
+				r.Failed = map[string]bool{}
+			}
+			r.Failed[t.Name()] = true
+		})
 	})
 }
 
