@@ -96,12 +96,14 @@ stress:
 ## bench-report renders docs/BENCHMARKS.md again from docs/bench/results.json.
 ## BENCH_RUN selects benchmarks (go test -run); with BENCH_MERGE=1 their numbers replace those of
 ## docs/bench/results.json and the report says so (e.g. BENCH_MERGE=1 make bench BENCH_RUN='TestP2|TestP3').
+## BENCH_P1 replaces P1's cases: members x MiB x runs, agent flags after a colon, comma separated
+## (e.g. BENCH_MERGE=1 BENCH_P1=3x1000x5,5x1000x5 make bench BENCH_RUN=TestP1RoundOverhead).
 BENCH_TIMEOUT ?= 60m
 BENCH_RUN     ?= .
 
 bench:
 	$(HARNESS) $(GO) vet -tags bench ./bench/
-	$(HARNESS) BENCH_COMMAND="make bench$(if $(filter-out .,$(BENCH_RUN)), BENCH_RUN='$(BENCH_RUN)')" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v -run '$(BENCH_RUN)' ./bench/
+	$(HARNESS) BENCH_COMMAND="$(if $(BENCH_P1),BENCH_P1='$(BENCH_P1)' )make bench$(if $(filter-out .,$(BENCH_RUN)), BENCH_RUN='$(BENCH_RUN)')" $(GO) test -tags bench -count=1 -timeout $(BENCH_TIMEOUT) -v -run '$(BENCH_RUN)' ./bench/
 
 bench-quick:
 	$(HARNESS) $(GO) vet -tags bench ./bench/
