@@ -494,7 +494,7 @@ func TestVerifyHashMismatch(t *testing.T) {
 
 // TestCheckWithoutItsReference: the member before in the round recorded
 // its check pending and never finished it (its agent died). The next
-// member's check waits for it no longer than referenceWaitMin (its own
+// member's check waits for it no longer than referenceWaitFloor (its own
 // defrag is short here), then hashes itself and that member again, and
 // passes.
 func TestCheckWithoutItsReference(t *testing.T) {

@@ -114,18 +114,18 @@ func (c *cycle) hashPeer(ctx context.Context, peer *pb.Member, rev int64) <-chan
 	return out
 }
 
-// referenceWaitMin is the least the check waits for the hash of the member
+// referenceWaitFloor is the least the check waits for the hash of the member
 // that went before (see recordedHash).
-const referenceWaitMin = 10 * time.Second
+const referenceWaitFloor = 10 * time.Second
 
 // recordedHash waits until the check of member c.check.ref ends, and yields
 // the hash it recorded at c.check.rev. That member hashes itself once this
 // one's defrag has started, and a hash reads what a defrag copies and
 // writes, so the wait is bounded by this member's defrag (took), and at
-// least referenceWaitMin: an agent that died before recording its hash
+// least referenceWaitFloor: an agent that died before recording its hash
 // costs the check no more.
 func (c *cycle) recordedHash(ctx context.Context, took time.Duration) hashResult {
-	ctx, cancel := context.WithTimeout(ctx, max(referenceWaitMin, took))
+	ctx, cancel := context.WithTimeout(ctx, max(referenceWaitFloor, took))
 	defer cancel()
 	r := hashResult{id: c.check.ref}
 	for {
