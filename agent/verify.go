@@ -68,10 +68,9 @@ func planCheck(others map[uint64]coord.Last, voting []*pb.Member, st memberStatu
 
 // hashResult is a HashKV answer, or the hash a member recorded.
 type hashResult struct {
-	resp     *clientv3.HashKVResponse
-	endpoint string
-	id       uint64
-	err      error
+	resp *clientv3.HashKVResponse
+	id   uint64
+	err  error
 }
 
 // checkPeer is the member a first check hashes, and falls back on: the
@@ -101,7 +100,6 @@ func (c *cycle) hashPeer(ctx context.Context, peer *pb.Member, rev int64) <-chan
 		for _, u := range peer.ClientURLs {
 			r.resp, r.err = c.a.local.HashKV(ctx, u, rev)
 			if r.err == nil {
-				r.endpoint = u
 				break
 			}
 			errs = append(errs, r.err)
