@@ -207,12 +207,9 @@ func (c *cycle) announce(ctx context.Context, s coord.State) error {
 		// see the other as needier.
 		c.turn.need = c.st.need()
 	}
-	n := c.turn.need
-	rev, err := a.board.Announce(ctx, sess, c.st.ID, coord.Announcement{
-		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
-		DBQuotaUsage: n.usage, DBSizeFree: n.free,
-		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: sent,
-	})
+	ann := c.announcement(s)
+	ann.Agent, ann.Version, ann.Time = a.cfg.Identity, a.cfg.Version, sent
+	rev, err := a.board.Announce(ctx, sess, c.st.ID, ann)
 	if err != nil {
 		return err
 	}
@@ -222,6 +219,16 @@ func (c *cycle) announce(ctx context.Context, s coord.State) error {
 		c.turn.asked(rev, c.st.isLeader(), sent)
 	}
 	return nil
+}
+
+// announcement is what the cycle announces in state s: the member's role,
+// the cycle's reason and the turn's need.
+func (c *cycle) announcement(s coord.State) coord.Announcement {
+	n := c.turn.need
+	return coord.Announcement{
+		State: s, Leader: c.st.isLeader(), Reason: string(c.rep.Reason),
+		DBQuotaUsage: n.usage, DBSizeFree: n.free,
+	}
 }
 
 // errSessionGone is a cycle's step that needs the agent's session when an

@@ -226,18 +226,21 @@ func (c *cycle) defragment(ctx context.Context, m *lock.Mutex) error {
 }
 
 // markInFlight announces the defrag and writes the member's in-flight
-// record, fenced by the lock: the record and its revision, or the cycle's
-// error (the lock lost, etcd unavailable).
+// record, in one transaction fenced by the lock: the record and its
+// revision, or the cycle's error (the lock lost, etcd unavailable).
 func (c *cycle) markInFlight(ctx context.Context, m *lock.Mutex) (coord.InFlight, int64, error) {
 	a := c.a
 	rec := coord.InFlight{
 		Member: fmt.Sprintf("%x", c.st.ID), Endpoint: c.st.Endpoint, Agent: a.cfg.Identity,
 		Start: a.now(), Deadline: a.now().Add(a.cfg.DefragTimeout),
 	}
-	_ = c.announce(ctx, coord.StateDefragmenting)
+	// The announcement goes with the record, in one write: a turn's
+	// request path holds one write fewer, and no agent reads
+	// "defragmenting" without the record or the other way round.
+	ann := a.announceOp(c.st.ID, c.announcement(coord.StateDefragmenting))
 	fctx, cancel := context.WithTimeout(ctx, a.cfg.CommandTimeout)
 	defer cancel()
-	rev, err := a.board.MarkInFlight(fctx, m, c.st.ID, rec)
+	rev, err := a.board.MarkInFlight(fctx, m, c.st.ID, rec, ann)
 	switch {
 	case errors.Is(err, lock.ErrNotOwner):
 		return rec, 0, c.skip(ReasonSessionLost, err)

@@ -241,14 +241,19 @@ func (b *Board) InFlight(ctx context.Context) (recs map[uint64]Record[InFlight],
 	return recs, bad, nil
 }
 
-// MarkInFlight writes member's in-flight record, fenced by m, and returns the
-// revision of the write; lock.ErrNotOwner when m is not held.
-func (b *Board) MarkInFlight(ctx context.Context, m *lock.Mutex, member uint64, rec InFlight) (int64, error) {
+// MarkInFlight writes member's in-flight record and the optional
+// announcement op in one transaction fenced by m, and returns the revision
+// of the write; lock.ErrNotOwner (and nothing written) when m is not held.
+func (b *Board) MarkInFlight(ctx context.Context, m *lock.Mutex, member uint64, rec InFlight, ann *clientv3.Op) (int64, error) {
 	put, err := OpPutJSON(b.keys.Defrag(member), rec)
 	if err != nil {
 		return 0, err
 	}
-	return m.Fenced(ctx, put)
+	ops := []clientv3.Op{put}
+	if ann != nil {
+		ops = append(ops, *ann)
+	}
+	return m.Fenced(ctx, ops...)
 }
 
 // SettleInFlight removes member's in-flight record written at rev, fenced by

@@ -35,7 +35,8 @@ var p1Args = []string{"--once", "--defrag-rule=fragmentation > 0.25 && dbSizeFre
 // on the same data. For every cluster size and amount of data, the data is
 // written once (half of it deleted and compacted), the members' data
 // directories are copied, and every run of the floor and of the agents
-// starts from that copy, byte for byte. The agents are started at once
+// starts from that copy, byte for byte; the floor and the agents take turns
+// going first. The agents are started at once
 // with --once, as separate processes; their round is from the first start
 // to the last exit, start-up included. Also the scale series (3, 5, 7
 // members).
@@ -109,17 +110,31 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	var history []*mvccpb.KeyValue // the agents' last/ records of the previous run
 	for rep := range pc.reps {
 		// Every run starts from the copy, so that the floor and the
-		// agents find the same files after the same restart.
-		restore(t, c, snap)
+		// agents find the same files after the same restart. The two
+		// take turns going first, so that a drift of the machine
+		// within a run (its disk's write-back, a neighbour) weighs on
+		// both alike.
 		var run RoundRun
-		run.Floor, run.FloorDefrags = floor(t, c)
-		restore(t, c, snap)
-		// The agents remember the previous run's defrags, as in a
-		// cluster defragmented before: their forecasts then come from
-		// their own records.
-		putRecords(t, c, history)
-		run.Agents, run.AgentsDefrags, run.Profile, run.Forecasts = agentsRound(t, c, args)
-		history = lastRecords(t, c)
+		runFloor := func() {
+			restore(t, c, snap)
+			run.Floor, run.FloorDefrags = floor(t, c)
+		}
+		runAgents := func() {
+			restore(t, c, snap)
+			// The agents remember the previous run's defrags, as in a
+			// cluster defragmented before: their forecasts then come
+			// from their own records.
+			putRecords(t, c, history)
+			run.Agents, run.AgentsDefrags, run.Profile, run.Forecasts = agentsRound(t, c, args)
+			history = lastRecords(t, c)
+		}
+		if rep%2 == 0 {
+			runFloor()
+			runAgents()
+		} else {
+			runAgents()
+			runFloor()
+		}
 		t.Logf("run %d: floor %v, agents %v, ratio %.2f; profile %+v", rep+1, run.Floor.Round(time.Millisecond),
 			run.Agents.Round(time.Millisecond), run.Ratio(), run.Profile)
 		rc.Runs = append(rc.Runs, run)

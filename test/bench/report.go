@@ -200,7 +200,8 @@ func (w *report) p1() {
 		"everything else at its default (so each agent checks HashKV against a peer after its defrag), " +
 		"from the first start to the last exit. The data: 8 KiB values, half of them deleted and compacted; the members' " +
 		"data directories are copied once, and every run of the floor and of the agents starts from that copy, byte for byte, " +
-		"after the same restart. The ratio is the median of the runs' ratios.\n")
+		"after the same restart; the floor goes first in the odd runs, the agents in the even ones, so that a drift of the machine within a run weighs on both. " +
+		"The ratio is the median of the runs' ratios.\n")
 	w.image(plotRatios, "P1 ratios")
 	w.p("| members | data written | dbSize / in use | runs | floor | agents | ratio (min–max) | defrag per member |")
 	w.p("|---|---|---|---|---|---|---|---|")
@@ -218,7 +219,7 @@ func (w *report) p1() {
 		"*start* (from the agents' start to the first defrag), the defrags, the *handoffs* (from one defrag's end to the next one's start) and the *tail* " +
 		"(from the last defrag's end to the last exit). A handoff is *answer* (the member answers a read again, and its Status after the defrag, " +
 		"until the agent logs `defragmented`), *release* (the record, the announcement and the lock's release in one transaction, until the next agent logs `lock taken`: its lock watch, or the leader's wait for the followers), " +
-		"*checks* (fresh Status, member list, last records, rule, health gate — a linearizable read on every member and the leader's Status —, announcement, fenced in-flight record, lease renewal) " +
+		"*checks* (fresh Status, member list, last records, rule, health gate — a linearizable read on every member and the leader's Status —, the announcement and the in-flight record in one fenced write, lease renewal) " +
 		"and *dispatch* (until etcd logs the start). The HashKV check is off the handoffs: the first member of the round hashes a peer while it defragments, every member hashes itself after the lock is released, " +
 		"once the next member's defrag has started, and compares with the hash the member before it recorded at the round's revision (the first: with its peer's) (a hash holds the member's backend read transaction for its whole scan, so nothing is applied there meanwhile, and the next agent's checks read through every member). " +
 		"The tail is the last member's answer, then record and release, its own HashKV, session end and exit. " +
