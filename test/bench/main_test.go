@@ -85,8 +85,11 @@ type config struct {
 func fullConfig() config {
 	return config{
 		p1: []roundCase{
-			{members: 3, dataMiB: 100, reps: 3}, {members: 3, dataMiB: 300, reps: 3}, {members: 3, dataMiB: 1000, reps: 2},
-			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 2},
+			// The 1000 MiB cases hold the goal of 1.05: a defrag's own
+			// duration varies by a tenth between runs here, so they take
+			// more runs.
+			{members: 3, dataMiB: 100, reps: 3}, {members: 3, dataMiB: 300, reps: 3}, {members: 3, dataMiB: 1000, reps: 11},
+			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 5},
 			// What the HashKV check costs the round, beside the agents'
 			// own steps: the same case without it.
 			{members: 5, dataMiB: 1000, reps: 2, label: noHashKV, args: []string{"--verify-hashkv=false"}},
