@@ -92,6 +92,7 @@ func fullConfig() config {
 			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 5},
 			// What the HashKV check costs the round, beside the agents'
 			// own steps: the same case without it.
+			{members: 3, dataMiB: 1000, reps: 5, label: noHashKV, args: []string{"--verify-hashkv=false"}},
 			{members: 5, dataMiB: 1000, reps: 2, label: noHashKV, args: []string{"--verify-hashkv=false"}},
 			{members: 7, dataMiB: 300, reps: 2},
 			// About 8 s per defrag here: eight times the shortest request
