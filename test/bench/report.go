@@ -201,17 +201,19 @@ func (w *report) p1() {
 		"from the first start to the last exit. The data: 8 KiB values, half of them deleted and compacted; the members' " +
 		"data directories are copied once, and every run of the floor and of the agents starts from that copy, byte for byte, " +
 		"after the same restart; the floor goes first in the odd runs, the agents in the even ones, so that a drift of the machine within a run weighs on both. " +
-		"The ratio is the median of the runs' ratios.\n")
+		"The ratio is the median of the runs' ratios. *Agents' own time* is their round minus their defrags (by etcd's log) over the floor, " +
+		"median (min–max) of the runs: what the agents add, without the run-to-run variation of the defrags themselves.\n")
 	w.image(plotRatios, "P1 ratios")
-	w.p("| members | data written | dbSize / in use | runs | floor | agents | ratio (min–max) | defrag per member |")
-	w.p("|---|---|---|---|---|---|---|---|")
+	w.p("| members | data written | dbSize / in use | runs | floor | agents | ratio (min–max) | agents' own time | defrag per member |")
+	w.p("|---|---|---|---|---|---|---|---|---|")
 	for _, rc := range sortedRounds(r.Rounds) {
 		if len(rc.Runs) == 0 {
 			continue
 		}
 		lo, hi := ratioRange(rc)
-		w.p("| %s | %d MiB | %s / %s | %d | %s | %s | **%.2f** (%.2f–%.2f) | %s |", caseName(rc), rc.DataMiB, mib(rc.DBSize), mib(rc.DBSizeInUse), len(rc.Runs),
-			secs(rc.MedianFloor()), secs(rc.MedianAgents()), rc.MedianRatio(), lo, hi, secs(rc.MedianFloor()/time.Duration(rc.Members)))
+		own, ownLo, ownHi := rc.OwnShares()
+		w.p("| %s | %d MiB | %s / %s | %d | %s | %s | **%.2f** (%.2f–%.2f) | %.1f %% (%.1f–%.1f) | %s |", caseName(rc), rc.DataMiB, mib(rc.DBSize), mib(rc.DBSizeInUse), len(rc.Runs),
+			secs(rc.MedianFloor()), secs(rc.MedianAgents()), rc.MedianRatio(), lo, hi, 100*own, 100*ownLo, 100*ownHi, secs(rc.MedianFloor()/time.Duration(rc.Members)))
 	}
 	w.p("\n### Where the agents' time goes\n")
 	w.p("The round of the median run of each case, split at etcd's own log lines (the defrag intervals) and the agents' log events " +

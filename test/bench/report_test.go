@@ -94,6 +94,7 @@ func TestWriteReport(t *testing.T) {
 		"![P1 ratios](bench/p1-ratio.png)",
 		"![Scale](bench/scale.png)",
 		"| 7 | ",
+		"| agents' own time |",
 		"| AMD EPYC, 2 cores |",
 	} {
 		if !strings.Contains(md, want) {

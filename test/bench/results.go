@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
@@ -106,6 +107,14 @@ func (f Forecast) Error() float64 {
 
 // Ratio is Agents/Floor.
 func (r RoundRun) Ratio() float64 { return r.Agents.Seconds() / r.Floor.Seconds() }
+
+// OwnShare is the agents' own time — their round minus their defrags by
+// etcd's log — as a share of the floor: the round's cost without the
+// run-to-run variation of the defrags themselves (a defrag of the same file
+// varies by a tenth between runs here).
+func (r RoundRun) OwnShare() float64 {
+	return (r.Agents - r.Profile.Defrags).Seconds() / r.Floor.Seconds()
+}
 
 // RoundProfile is where the agents' round spent its time, from etcd's log
 // lines (the defrag intervals) and the agents' log events. The parts add
@@ -387,6 +396,16 @@ func (rc RoundCase) MedianAgents() time.Duration {
 // MedianOverhead returns the median of the runs' agents minus floor.
 func (rc RoundCase) MedianOverhead() time.Duration {
 	return medianOf(rc.Runs, func(r RoundRun) float64 { return (r.Agents - r.Floor).Seconds() })
+}
+
+// OwnShares returns the median, the least and the most of the runs'
+// OwnShare.
+func (rc RoundCase) OwnShares() (med, lo, hi float64) {
+	var xs []float64
+	for _, r := range rc.Runs {
+		xs = append(xs, r.OwnShare())
+	}
+	return Median(xs), slices.Min(xs), slices.Max(xs)
 }
 
 // MedianRatio returns the median of the runs' ratios.
