@@ -36,10 +36,9 @@ var p1Args = []string{"--once", "--defrag-rule=fragmentation > 0.25 && dbSizeFre
 // written once (half of it deleted and compacted), the members' data
 // directories are copied, and every run of the floor and of the agents
 // starts from that copy, byte for byte; the floor and the agents take turns
-// going first. The agents are started at once
-// with --once, as separate processes; their round is from the first start
-// to the last exit, start-up included. Also the scale series (3, 5, 7
-// members).
+// going first. The agents are started at once with --once, as separate
+// processes; their round is from the first start to the last exit, start-up
+// included. Also the scale series (3, 5, 7 members).
 func TestP1RoundOverhead(t *testing.T) {
 	track(t)
 	for _, pc := range cfg.p1 {
