@@ -207,9 +207,7 @@ func (c *cycle) announce(ctx context.Context, s coord.State) error {
 		// see the other as needier.
 		c.turn.need = c.st.need()
 	}
-	ann := c.announcement(s)
-	ann.Agent, ann.Version, ann.Time = a.cfg.Identity, a.cfg.Version, sent
-	rev, err := a.board.Announce(ctx, sess, c.st.ID, ann)
+	rev, err := a.board.Announce(ctx, sess, c.st.ID, a.signed(c.announcement(s), sent))
 	if err != nil {
 		return err
 	}

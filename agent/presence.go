@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -159,7 +160,7 @@ func (a *Agent) ensureSession(ctx context.Context, st memberStatus) (replaced bo
 	// The first announcement says "starting", unless a cycle that needed no
 	// session (nothing to do) has ended already: then it says what that
 	// cycle decided, or the agent would look undecided until its next one.
-	first := coord.Announcement{State: coord.StateStarting, Leader: st.isLeader(), Agent: a.cfg.Identity, Version: a.cfg.Version, Time: a.now()}
+	first := a.signed(coord.Announcement{State: coord.StateStarting, Leader: st.isLeader()}, a.now())
 	a.mu.Lock()
 	last := a.last
 	a.mu.Unlock()
@@ -215,10 +216,9 @@ func (a *Agent) announceIdle(sess *lock.Session, st memberStatus, rep *Report) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.CommandTimeout)
 	defer cancel()
-	rev, err := a.board.Announce(ctx, sess, st.ID, coord.Announcement{
+	rev, err := a.board.Announce(ctx, sess, st.ID, a.signed(coord.Announcement{
 		State: coord.StateIdle, Leader: st.isLeader(), Reason: string(rep.Reason),
-		Agent: a.cfg.Identity, Version: a.cfg.Version, Time: rep.End,
-	})
+	}, rep.End))
 	if err != nil {
 		if !isNoSpace(err) {
 			a.log.Debug("announcing idle failed", "err", err)
@@ -229,6 +229,12 @@ func (a *Agent) announceIdle(sess *lock.Session, st memberStatus, rep *Report) {
 	a.presence.announcedIdle(sess, cur)
 }
 
+// signed is ann as this agent writes it at t: with its identity and version.
+func (a *Agent) signed(ann coord.Announcement, t time.Time) coord.Announcement {
+	ann.Agent, ann.Version, ann.Time = a.cfg.Identity, a.cfg.Version, t
+	return ann
+}
+
 // announceOp is an announcement of the agent's session as an operation of a
 // transaction (nil if there is no session).
 func (a *Agent) announceOp(member uint64, ann coord.Announcement) *clientv3.Op {
@@ -236,8 +242,7 @@ func (a *Agent) announceOp(member uint64, ann coord.Announcement) *clientv3.Op {
 	if sess == nil {
 		return nil
 	}
-	ann.Agent, ann.Version, ann.Time = a.cfg.Identity, a.cfg.Version, a.now()
-	op, err := a.board.OpAnnounce(sess, member, ann)
+	op, err := a.board.OpAnnounce(sess, member, a.signed(ann, a.now()))
 	if err != nil {
 		return nil
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,12 +91,12 @@ func fullConfig() config {
 			{members: 5, dataMiB: 100, reps: 3}, {members: 5, dataMiB: 300, reps: 3}, {members: 5, dataMiB: 1000, reps: 5},
 			// What the HashKV check costs the round, beside the agents'
 			// own steps: the same case without it.
-			{members: 3, dataMiB: 1000, reps: 5, label: noHashKV, args: []string{"--verify-hashkv=false"}},
-			{members: 5, dataMiB: 1000, reps: 2, label: noHashKV, args: []string{"--verify-hashkv=false"}},
+			{members: 3, dataMiB: 1000, reps: 5, args: noHashKVFlags},
+			{members: 5, dataMiB: 1000, reps: 2, args: noHashKVFlags},
 			{members: 7, dataMiB: 300, reps: 2},
 			// About 8 s per defrag here: eight times the shortest request
 			// timeout the agent takes, and longer than the lease.
-			{members: 3, dataMiB: 2000, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=1s", "--lock-ttl=5s"}},
+			{members: 3, dataMiB: 2000, reps: 1, args: shortTimeoutFlags},
 		},
 		p2Members: 3, p2DataMiB: 300, p2Rate: 500, p2Phase: 60 * time.Second, p2Margin: 5 * time.Second,
 		p2ShortTimeout: time.Second, // the shortest the agent takes
@@ -113,7 +112,7 @@ func quickConfig() config {
 		quick: true,
 		p1: []roundCase{
 			{members: 3, dataMiB: 20, reps: 2}, {members: 5, dataMiB: 20, reps: 1},
-			{members: 3, dataMiB: 20, reps: 1, label: shortTimeouts, args: []string{"--command-timeout=1s", "--lock-ttl=5s"}},
+			{members: 3, dataMiB: 20, reps: 1, args: shortTimeoutFlags},
 		},
 		p2Members: 3, p2DataMiB: 20, p2Rate: 200, p2Phase: 4 * time.Second, p2Margin: 2 * time.Second, p2ShortTimeout: time.Second,
 		// A small quota, so that in 75 s NOSPACE, the fixed schedule and
@@ -315,12 +314,6 @@ func parseRoundCases(v string) ([]roundCase, error) {
 			return nil, fmt.Errorf("case %q: want membersxMiBxrepetitions[:agent flags]: %w", c, err)
 		}
 		rc.args = strings.Fields(args)
-		switch {
-		case slices.Equal(rc.args, []string{"--verify-hashkv=false"}):
-			rc.label = noHashKV // as in the full run, so that a merged case replaces its row
-		case len(rc.args) > 0:
-			rc.label = strings.Join(rc.args, " ")
-		}
 		out = append(out, rc)
 	}
 	return out, nil

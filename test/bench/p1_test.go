@@ -43,8 +43,8 @@ func TestP1RoundOverhead(t *testing.T) {
 	track(t)
 	for _, pc := range cfg.p1 {
 		name := fmt.Sprintf("members=%d/data=%dMiB", pc.members, pc.dataMiB)
-		if pc.label != "" {
-			name += "/" + strings.ReplaceAll(pc.label, " ", "-")
+		if l := pc.label(); l != "" {
+			name += "/" + strings.ReplaceAll(l, " ", "-")
 		}
 		t.Run(name, func(t *testing.T) {
 			rc := runRoundCase(t, pc)
@@ -58,12 +58,21 @@ func TestP1RoundOverhead(t *testing.T) {
 	}
 }
 
-// roundCase is one P1 configuration; label and args name and add agent
-// flags of a variant.
+// roundCase is one P1 configuration; args are the agent flags of a variant.
 type roundCase struct {
 	members, dataMiB, reps int
-	label                  string
 	args                   []string
+}
+
+// label names the case's variant: by the name variants gives its flags, or
+// by the flags themselves ("" for none). Derived from the flags alone, so a
+// case given in BENCH_P1 replaces the row of the same case of a full run.
+func (pc roundCase) label() string {
+	flags := strings.Join(pc.args, " ")
+	if name, ok := variants[flags]; ok {
+		return name
+	}
+	return flags
 }
 
 // shortTimeouts is P1's and P2's variant for the large-database issue: the
@@ -74,6 +83,18 @@ const shortTimeouts = "short timeouts"
 
 // noHashKV is P1's variant without the check after each defrag.
 const noHashKV = "no HashKV check"
+
+// Flags of P1's variants.
+var (
+	shortTimeoutFlags = []string{"--command-timeout=1s", "--lock-ttl=5s"}
+	noHashKVFlags     = []string{"--verify-hashkv=false"}
+)
+
+// variants names P1's variants by their agent flags.
+var variants = map[string]string{
+	strings.Join(shortTimeoutFlags, " "): shortTimeouts,
+	strings.Join(noHashKVFlags, " "):     noHashKV,
+}
 
 func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	// The file grows to about 1.3 × the data written: beyond 1.5 GiB
@@ -96,7 +117,7 @@ func runRoundCase(t *testing.T, pc roundCase) RoundCase {
 	t.Logf("snapshot of the data directories in %v", time.Since(start).Round(time.Millisecond))
 	du(t, snap)
 	args := append(slices.Clone(p1Args), pc.args...)
-	rc := RoundCase{Members: pc.members, DataMiB: pc.dataMiB, Label: pc.label, ExtraArgs: pc.args, AgentArgs: args}
+	rc := RoundCase{Members: pc.members, DataMiB: pc.dataMiB, Label: pc.label(), ExtraArgs: pc.args, AgentArgs: args}
 	lead, err := c.Leader(ctx)
 	if err != nil {
 		t.Fatal(err)
